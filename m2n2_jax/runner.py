@@ -1,0 +1,153 @@
+"""Several independent M2N2 runs as one compiled program, in chunks.
+
+All runs share one jitted step: children of every run are drawn (vmap over
+runs), evaluated together with ``jax.lax.map`` (faster than one big vmap on
+CPUs), and told to their own archives (vmap). A chunk of steps runs inside
+``jax.lax.scan`` and returns the logged metrics, so a Python loop around the
+chunks can show progress and save checkpoints between them.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from . import strategy
+from .config import M2N2Config
+from .errors import ConfigError
+from .tasks.base import Task
+
+
+@flax.struct.dataclass
+class RunsState:
+    """R runs: archives with a leading run axis, one PRNG key per run, steps done."""
+
+    archive: strategy.ArchiveState
+    key: jax.Array
+    step: jax.Array
+
+
+def evaluate(score_vector, vectors, batch_size: int) -> jax.Array:
+    """Scores [M, N] of flat models [M, D] with jax.lax.map in batches."""
+    batch_size = max(1, min(batch_size, vectors.shape[0]))
+    return jax.lax.map(score_vector, vectors, batch_size=batch_size)
+
+
+def default_eval_batch_size(num_children: int) -> int:
+    """A divisor of the number of children evaluated per step, near 2 (fast on CPUs)."""
+    for size in (2, 3, 4, 1):
+        if num_children % size == 0:
+            return size
+    return 1
+
+
+def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_models=None,
+              eval_batch_size: int = 2) -> RunsState:
+    """Archives of R runs. Run r uses PRNGKey(run_seeds[r]).
+
+    From scratch (seed_models None) each run splits its key into
+    (key, k_1, k_2) and draws its two seeds from k_1, k_2, as the reference
+    does; otherwise every run starts from the given seed models [K, D].
+    """
+    if len(run_seeds) < 1:
+        raise ConfigError("at least one run is needed (got 0 run seeds); pass --runs 1 or more.")
+
+    def one(seed):
+        key = jax.random.PRNGKey(seed)
+        if seed_models is None:
+            key, k_a, k_b = jax.random.split(key, 3)
+            seeds = jnp.stack([task.random_seed(k_a), task.random_seed(k_b)])
+        else:
+            seeds = jnp.asarray(seed_models)
+        scores = evaluate(task.score_vector, seeds, 1)
+        return strategy.init(config, seeds, scores, task.capacity), key
+
+    archive, keys = jax.jit(jax.vmap(one))(jnp.asarray(run_seeds, jnp.uint32))
+    return RunsState(archive=archive, key=keys, step=jnp.zeros((), jnp.int32))
+
+
+def step_keys(config: M2N2Config, key):
+    """(next key, child keys [B, 3]) for one step of one run."""
+    if config.key_order == "reference":
+        k_parents, k_cross, k_mut, key = jax.random.split(key, 4)
+        return key, jnp.stack([k_parents, k_cross, k_mut])[None]
+    key, sub = jax.random.split(key)
+    return key, strategy.child_keys(sub, config.children_per_step)
+
+
+def make_step(config: M2N2Config, task: Task, eval_batch_size: int):
+    """One step of all runs: ask (B children each), evaluate all, tell."""
+
+    def step(state: RunsState) -> RunsState:
+        next_keys, keys = jax.vmap(functools.partial(step_keys, config))(state.key)
+        children = jax.vmap(lambda s, k: strategy.ask_with_keys(config, s, k))(state.archive, keys)
+        runs, batch, dim = children.shape
+        scores = evaluate(task.score_vector, children.reshape(runs * batch, dim), eval_batch_size)
+        scores = scores.reshape(runs, batch, -1)
+        archive = jax.vmap(lambda s, c, sc: strategy.tell(config, s, c, sc))(state.archive, children, scores)
+        return RunsState(archive=archive, key=next_keys, step=state.step + 1)
+
+    return step
+
+
+def archive_metrics(task: Task, archive: strategy.ArchiveState) -> dict:
+    """Metrics of each run's best member (highest mean training score)."""
+
+    def one(a):
+        best = a.best_index
+        return {**task.metrics(a.params[best]), "best_train_score": jnp.mean(a.scores[best]),
+                "inserted": a.inserted}
+
+    return jax.vmap(one)(archive)
+
+
+def make_chunk(config: M2N2Config, task: Task, steps_per_log: int, eval_batch_size: int):
+    """jit(state, num_logs) -> (state, metrics [num_logs, R]): scan over log intervals."""
+    step = make_step(config, task, eval_batch_size)
+
+    def interval(state, _):
+        state = jax.lax.fori_loop(0, steps_per_log, lambda _, s: step(s), state)
+        return state, archive_metrics(task, state.archive)
+
+    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
+    def chunk(state: RunsState, num_logs: int):
+        return jax.lax.scan(interval, state, None, length=num_logs)
+
+    return chunk
+
+
+def plan_logging(forward_passes: int, children_per_step: int, log_every: int | None):
+    """(total steps, steps per log interval), validating the budget."""
+    batch = children_per_step
+    if not isinstance(forward_passes, int) or forward_passes <= 0:
+        raise ConfigError(f"the forward-pass budget must be a positive integer (got {forward_passes!r}).")
+    if forward_passes % batch:
+        raise ConfigError(
+            f"the forward-pass budget {forward_passes} is not a multiple of the batch of "
+            f"{batch} children per step; use {forward_passes - forward_passes % batch or batch} "
+            f"or {forward_passes + batch - forward_passes % batch}.")
+    steps = forward_passes // batch
+    if log_every is None:
+        target = max(1, steps // 500)
+        steps_per_log = max(d for d in range(1, target + 1) if steps % d == 0)
+    else:
+        if log_every <= 0 or log_every % batch or forward_passes % log_every:
+            raise ConfigError(
+                f"--log-every {log_every} must be a positive multiple of the batch ({batch}) "
+                f"that divides the budget ({forward_passes}).")
+        steps_per_log = log_every // batch
+    return steps, steps_per_log
+
+
+def chunk_sizes(num_logs: int, logs_per_chunk: int) -> list[int]:
+    """Split num_logs into equal chunks (a divisor, so one compiled program)."""
+    size = max(d for d in range(1, max(1, min(logs_per_chunk, num_logs)) + 1) if num_logs % d == 0)
+    return [size] * (num_logs // size)
+
+
+def logs_per_chunk_for(steps_per_log: int, children: int, chunk_forward_passes: int) -> int:
+    return max(1, math.ceil(chunk_forward_passes / max(1, steps_per_log * children)))

@@ -1,0 +1,36 @@
+"""What a task gives the engine: a layout, a score function, seeds and metrics."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+
+from ..flatten import VectorLayout
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """A problem M2N2 can be run on, in flat-vector form.
+
+    score_vector(x) -> [N] per-datapoint scores of the flat model x on the
+        training set (what competition and attraction use).
+    metrics(x) -> dict of scalars for one model (e.g. test accuracy); the
+        runner reports them for the archive's best member.
+    random_seed(key) -> [D] a seed model drawn from scratch.
+    pretrained_seeds() -> [K, D] or None when the task has none.
+    """
+
+    name: str
+    layout: VectorLayout
+    num_datapoints: int
+    score_vector: Callable[[jax.Array], jax.Array]
+    metrics: Callable[[jax.Array], dict]
+    random_seed: Callable[[jax.Array], jax.Array]
+    pretrained_seeds: Callable[[], jax.Array] | None = None
+    capacity: jax.Array | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_params(self) -> int:
+        return self.layout.size
