@@ -1,0 +1,113 @@
+"""Result files: results.json, curves.png and Markdown tables.
+
+Curves are summarised as mean and standard error over runs (the paper's
+figure style); standard error = sample std (ddof=1) / sqrt(runs).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from typing import Sequence
+
+import numpy as np
+
+
+def mean_and_sem(curves) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over runs of curves [R, L]."""
+    curves = np.asarray(curves, dtype=float)
+    mean = curves.mean(axis=0)
+    if curves.shape[0] < 2:
+        return mean, np.zeros_like(mean)
+    return mean, curves.std(axis=0, ddof=1) / math.sqrt(curves.shape[0])
+
+
+def first_reaching(forward_passes: Sequence[int], curve: Sequence[float], threshold: float):
+    """The first logged forward pass at which ``curve`` >= threshold, or None."""
+    for fp, value in zip(forward_passes, curve):
+        if value >= threshold:
+            return int(fp)
+    return None
+
+
+def value_at(forward_passes: Sequence[int], curves, fp: int) -> np.ndarray:
+    """Per-run value at the last logged point <= fp."""
+    idx = np.searchsorted(np.asarray(forward_passes), fp, side="right") - 1
+    if idx < 0:
+        raise ValueError(f"no logged point at or before {fp} forward passes")
+    return np.asarray(curves)[:, idx]
+
+
+def environment() -> dict:
+    import jax
+
+    return {"jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count()}
+
+
+def results_record(*, method: str, task: str, seeds, forward_passes, metrics: dict, wall_seconds: float,
+                   config: dict, extra: dict | None = None) -> dict:
+    """The results.json record of one method (curves aligned with forward_passes)."""
+    acc = np.asarray(metrics["test_accuracy"], dtype=float)
+    mean, sem = mean_and_sem(acc)
+    total_fp = int(forward_passes[-1]) * len(seeds)
+    record = {
+        "method": method,
+        "task": task,
+        "seeds": [int(s) for s in seeds],
+        "forward_passes": [int(f) for f in forward_passes],
+        "test_accuracy": _rounded(acc),
+        "final_test_accuracy": _rounded(acc[:, -1]),
+        "mean_test_accuracy": _rounded(mean),
+        "sem_test_accuracy": _rounded(sem),
+        "final_mean": round(float(mean[-1]), 6),
+        "final_sem": round(float(sem[-1]), 6),
+        "first_fp_reaching_0.80": [first_reaching(forward_passes, c, 0.80) for c in acc],
+        "first_fp_reaching_0.85": [first_reaching(forward_passes, c, 0.85) for c in acc],
+        "wall_seconds": round(float(wall_seconds), 3),
+        "forward_passes_per_second": round(total_fp / max(wall_seconds, 1e-9), 1),
+        "config": config,
+        "environment": environment(),
+    }
+    for name, values in metrics.items():
+        if name != "test_accuracy":
+            record[name] = _rounded(np.asarray(values, dtype=float))
+    record.update(extra or {})
+    return record
+
+
+def _rounded(a, digits: int = 6):
+    return np.round(np.asarray(a, dtype=float), digits).tolist()
+
+
+def write_json(path: str, record: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+
+
+def plot_curves(path: str, records: Sequence[dict], title: str | None = None) -> None:
+    """Test accuracy against forward passes: mean line, standard-error band per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for rec in records:
+        fps = np.asarray(rec["forward_passes"])
+        mean, sem = mean_and_sem(rec["test_accuracy"])
+        line, = ax.plot(fps, mean, label=f"{rec['method']} ({mean[-1]:.3f})", lw=1.6)
+        ax.fill_between(fps, mean - sem, mean + sem, color=line.get_color(), alpha=0.2, lw=0)
+    runs = {len(r["seeds"]) for r in records}
+    ax.set_xlabel("forward passes")
+    ax.set_ylabel("test accuracy (best training member)")
+    ax.set_title(title or f"{records[0]['task']}: mean ± standard error over {'/'.join(map(str, sorted(runs)))} runs")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
