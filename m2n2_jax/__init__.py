@@ -1,0 +1,18 @@
+"""m2n2-jax: Model Merging of Natural Niches (M2N2) in JAX.
+
+Evolve and merge neural networks with competition (niche fitness), attraction
+(complementary mate choice) and SLERP crossover with an evolving split point.
+"""
+from .config import METHODS, M2N2Config, method_config
+from .errors import ConfigError, DataError, M2N2Error, ScoreFunctionError, SeedModelError
+from .evolution import EvolutionResult, evolve
+from .flatten import VectorLayout
+from .strategy import M2N2, ArchiveState, ask, init, tell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "M2N2", "M2N2Config", "ArchiveState", "VectorLayout", "METHODS", "method_config", "evolve",
+    "EvolutionResult", "init", "ask", "tell", "M2N2Error", "ConfigError", "DataError",
+    "ScoreFunctionError", "SeedModelError",
+]

@@ -30,6 +30,9 @@ class M2N2Config:
         authors' PRNG key order and degenerate-probability behaviour exactly
         (B = 1 only).
     slerp_eps: below this sin(angle) SLERP falls back to linear interpolation.
+    noise: mutation-noise generator, "hash" (a keyed counter hash, about 4x
+        cheaper, the engine's default) or "threefry" (jax.random.normal; what
+        key_order="reference" always uses).
     """
 
     archive_size: int = 20
@@ -41,6 +44,7 @@ class M2N2Config:
     children_per_step: int = 1
     key_order: KeyOrder = "engine"
     slerp_eps: float = 1e-6
+    noise: Literal["hash", "threefry"] = "hash"
 
     def __post_init__(self):
         if not isinstance(self.archive_size, int) or self.archive_size < 2:
@@ -56,10 +60,17 @@ class M2N2Config:
                 f"children_per_step must be an integer >= 1 (got {self.children_per_step!r}).")
         if self.key_order not in ("engine", "reference"):
             raise ConfigError(f"key_order must be 'engine' or 'reference' (got {self.key_order!r}).")
+        if self.noise not in ("hash", "threefry"):
+            raise ConfigError(f"noise must be 'hash' or 'threefry' (got {self.noise!r}).")
         if self.key_order == "reference" and self.children_per_step != 1:
             raise ConfigError(
                 "key_order='reference' follows the authors' one-child-per-step loop; "
                 f"set children_per_step=1 (got {self.children_per_step}) or use key_order='engine'.")
+
+    @property
+    def noise_generator(self) -> str:
+        """The generator actually used: the reference order implies threefry."""
+        return "threefry" if self.key_order == "reference" else self.noise
 
     def replace(self, **changes) -> "M2N2Config":
         return dataclasses.replace(self, **changes)

@@ -74,6 +74,7 @@ def insert(params, scores, child, child_scores, capacity, alpha: float):
 
     Returns (params, scores, inserted, slot).
     """
+    params, scores = jnp.asarray(params), jnp.asarray(scores)
     size = scores.shape[0]
     valid = jnp.all(jnp.isfinite(child_scores)) & jnp.all(jnp.isfinite(child))
     child_scores = jnp.where(valid, child_scores, 0).astype(scores.dtype)

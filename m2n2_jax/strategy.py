@@ -102,7 +102,7 @@ def make_child(config: M2N2Config, state: ArchiveState, keys) -> jax.Array:
     x, y = state.params[a], state.params[b]
     child = xo.crossover(keys[1], x, y, config.use_split_point, config.slerp_eps) if config.use_crossover else x
     if config.mutation_std > 0:
-        child = xo.mutate(keys[2], child, config.mutation_std)
+        child = xo.mutate(keys[2], child, config.mutation_std, config.noise_generator)
     return child
 
 
