@@ -1,16 +1,31 @@
 """The ``m2n2`` command line: a thin shell over the functional core.
 
-Errors a user can fix (M2N2Error) end with a one-line message and exit
-status 2; argparse mistakes do the same.
+Errors a user can fix (M2N2Error and argument mistakes) end with a one-line
+message and exit status 2; Ctrl-C saves a checkpoint and exits with 130.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 from .config import METHODS
 from .errors import ConfigError, M2N2Error
+
+# Settings that define a run (compared when resuming); None means "not given".
+EVOLVE_DEFAULTS = {
+    "task": "digits", "method": "m2n2", "runs": 1, "seed": 42, "forward_passes": 50_000, "batch": 1,
+    "log_every": None, "archive_size": None, "alpha": None, "mutation_std": None, "key_order": "engine",
+    "noise": None, "eval_batch_size": None, "hidden": None, "train_size": None,
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports mistakes in one line (no usage block) and exits with 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -23,40 +38,61 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .tasks import TASKS
 
-    parser = argparse.ArgumentParser(prog="m2n2", description="M2N2: evolve and merge models with natural niches.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="m2n2", description="M2N2: evolve and merge models with natural niches.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     ev = sub.add_parser("evolve", help="run one method for R runs and write results.json and curves.png")
-    ev.add_argument("--task", default="digits", help=f"task name ({', '.join(TASKS)}); default digits")
-    ev.add_argument("--method", default="m2n2", help=f"one of {', '.join(METHODS)}; default m2n2")
-    ev.add_argument("--runs", type=_positive_int, default=1, help="independent runs, batched together (default 1)")
-    ev.add_argument("--seed", type=int, default=42, help="run r uses seed S + r (default 42, as the paper)")
-    ev.add_argument("--forward-passes", type=_positive_int, default=50_000, help="children evaluated per run (default 50000)")
-    ev.add_argument("--batch", type=_positive_int, default=1, help="children per step from one archive snapshot (default 1)")
-    ev.add_argument("--log-every", type=_positive_int, default=None,
+    ev.add_argument("--task", help=f"task name ({', '.join(TASKS)}); default digits")
+    ev.add_argument("--method", help=f"one of {', '.join(METHODS)}; default m2n2")
+    ev.add_argument("--runs", type=_positive_int, help="independent runs, batched together (default 1)")
+    ev.add_argument("--seed", type=_non_negative_int, help="run r uses seed S + r (default 42, as the paper)")
+    ev.add_argument("--forward-passes", type=_positive_int, help="children evaluated per run (default 50000)")
+    ev.add_argument("--batch", type=_positive_int, help="children per step from one archive snapshot (default 1)")
+    ev.add_argument("--log-every", type=_positive_int,
                     help="log test accuracy every K forward passes (default: about 500 points)")
-    ev.add_argument("--archive-size", type=_positive_int, default=None, help="archive size P (default 20)")
-    ev.add_argument("--alpha", type=_non_negative_float, default=None, help="competition exponent (method's default)")
-    ev.add_argument("--mutation-std", type=_non_negative_float, default=None, help="mutation std (default 0.01)")
-    ev.add_argument("--key-order", choices=("engine", "reference"), default="engine",
+    ev.add_argument("--archive-size", type=_positive_int, help="archive size P (default 20)")
+    ev.add_argument("--alpha", type=_non_negative_float, help="competition exponent (method's default)")
+    ev.add_argument("--mutation-std", type=_non_negative_float, help="mutation std (default 0.01)")
+    ev.add_argument("--key-order", choices=("engine", "reference"),
                     help="'reference' follows the authors' PRNG key order exactly (needs --batch 1)")
-    ev.add_argument("--eval-batch-size", type=_positive_int, default=None,
+    ev.add_argument("--noise", choices=("hash", "threefry"), help="mutation-noise generator (default hash)")
+    ev.add_argument("--eval-batch-size", type=_positive_int,
                     help="children per jax.lax.map batch during evaluation (default: near 2)")
-    ev.add_argument("--out", default=None, help="output directory (default runs/TASK-METHOD)")
-    ev.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    ev.add_argument("--hidden", type=_positive_int, help="hidden units of the MLP (default 256, as the paper)")
+    ev.add_argument("--train-size", type=_positive_int, help="mnist/fashion-mnist: use the first N training images")
+    ev.add_argument("--data-dir", help="mnist/fashion-mnist data directory (default $M2N2_DATA_DIR or ~/.cache)")
+    ev.add_argument("--out", help="output directory (default runs/TASK-METHOD)")
+    ev.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
+    ev.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR")
+    ev.add_argument("--checkpoint-every", type=_positive_int, default=5000,
+                    help="save a checkpoint every N forward passes per run (default 5000)")
+    ev.add_argument("--checkpoint-seconds", type=_non_negative_float, default=300.0,
+                    help="and at least every T seconds (default 300; 0 disables the timer)")
+    ev.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
+    ev.add_argument("--devices", type=_positive_int, help="use at most N local devices (default all)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
     bench = sub.add_parser("bench", help="throughput of the engine against a per-child Python loop")
@@ -67,44 +103,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_settings(args) -> dict:
+    """The run's settings: given options over defaults, or the checkpoint's when resuming."""
+    given = {k: getattr(args, k) for k in EVOLVE_DEFAULTS if getattr(args, k) is not None}
+    if not args.resume:
+        return {**EVOLVE_DEFAULTS, **given}
+    from .checkpoint import RunCheckpointer, has_checkpoint
+
+    if not os.path.isdir(args.resume) or not has_checkpoint(args.resume):
+        raise ConfigError(f"--resume {args.resume}: no checkpoint there; point it at the --out directory of a "
+                          "run that was interrupted (it holds a checkpoints/ folder).")
+    saved = RunCheckpointer(args.resume).latest_meta()["identity"]["cli"]
+    diff = [f"--{k.replace('_', '-')} (checkpoint {saved.get(k)!r}, given {v!r})" for k, v in given.items()
+            if saved.get(k) != v]
+    if diff:
+        raise ConfigError("cannot resume with different settings: " + "; ".join(diff) +
+                          ". Drop those options to continue the run as it was started.")
+    return {**EVOLVE_DEFAULTS, **saved}
+
+
 def cmd_evolve(args) -> int:
+    import jax
+    import numpy as np
+
     from . import results
     from .config import method_config
     from .evolution import evolve
     from .tasks import get_task
 
-    overrides = {k: v for k, v in {"archive_size": args.archive_size, "alpha": args.alpha,
-                                   "mutation_std": args.mutation_std}.items() if v is not None}
-    config = method_config(args.method, children_per_step=args.batch, key_order=args.key_order, **overrides)
-    task = get_task(args.task)
-    out = args.out or os.path.join("runs", f"{args.task}-{args.method}")
-    results_path = os.path.join(out, "results.json")
-    if os.path.exists(results_path) and not args.overwrite:
-        raise ConfigError(f"{out} already holds a run's results.json; pass --overwrite to replace it "
-                          "or choose another --out.")
-    os.makedirs(out, exist_ok=True)
-    seeds = list(range(args.seed, args.seed + args.runs))
-    print(f"m2n2 evolve: task={task.name} method={args.method} runs={args.runs} seeds={seeds[0]}..{seeds[-1]} "
-          f"forward_passes={args.forward_passes} batch={args.batch} -> {out}", file=sys.stderr)
-    res = evolve(config, task, seeds, args.forward_passes, log_every=args.log_every,
-                 eval_batch_size=args.eval_batch_size, progress=not args.quiet)
+    settings = resolve_settings(args)
+    out = args.resume or args.out or os.path.join("runs", f"{settings['task']}-{settings['method']}")
+    overrides = {k: settings[k] for k in ("archive_size", "alpha", "mutation_std", "noise") if settings[k] is not None}
+    config = method_config(settings["method"], children_per_step=settings["batch"],
+                           key_order=settings["key_order"], **overrides)
+    task = get_task(settings["task"], hidden=settings["hidden"], data_dir=args.data_dir,
+                    train_size=settings["train_size"])
+    _prepare_output(out, args)
+    devices = None
+    if args.devices:
+        available = jax.local_devices()
+        if args.devices > len(available):
+            raise ConfigError(f"--devices {args.devices} but only {len(available)} local device(s) exist; "
+                              f"pass --devices {len(available)} or fewer.")
+        devices = available[:args.devices]
+    seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
+    print(f"m2n2 evolve: task={task.name} method={settings['method']} runs={len(seeds)} seeds={seeds[0]}..{seeds[-1]} "
+          f"forward_passes={settings['forward_passes']} batch={settings['batch']} -> {out}"
+          f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
+    res = evolve(config, task, seeds, settings["forward_passes"], log_every=settings["log_every"],
+                 eval_batch_size=settings["eval_batch_size"], progress=not args.quiet,
+                 checkpoint_dir=None if args.no_checkpoint else out,
+                 checkpoint_every=args.checkpoint_every,
+                 checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
+                 identity_extra={"cli": settings}, devices=devices)
     record = results.results_record(
-        method=args.method, task=task.name, seeds=seeds, forward_passes=res.forward_passes,
+        method=settings["method"], task=task.name, seeds=seeds, forward_passes=res.forward_passes,
         metrics=res.metrics, wall_seconds=res.wall_seconds,
-        config={**config.to_dict(), "task": task.name, "method": args.method, "runs": args.runs,
-                "seed": args.seed, "forward_passes": args.forward_passes, "log_every": args.log_every,
-                "eval_batch_size": args.eval_batch_size, "task_info": task.info})
+        config={**config.to_dict(), **settings, "task_info": task.info})
+    results_path = os.path.join(out, "results.json")
     results.write_json(results_path, record)
     results.plot_curves(os.path.join(out, "curves.png"), [record])
-    import numpy as np
-
     np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best_vectors(),
                         seeds=np.asarray(seeds))
-    acc = record["final_test_accuracy"]
     print(f"final test accuracy: mean {record['final_mean']:.4f} ± {record['final_sem']:.4f} (sem) over "
-          f"{len(acc)} run(s); {record['forward_passes_per_second']:.0f} forward passes/s; "
+          f"{len(seeds)} run(s); {record['forward_passes_per_second']:.0f} forward passes/s; "
           f"wrote {results_path}, curves.png, best_models.npz")
     return 0
+
+
+def _prepare_output(out: str, args) -> None:
+    """Refuse to mix two runs in one directory unless told to resume or overwrite."""
+    from .checkpoint import SUBDIR, has_checkpoint
+
+    if args.resume:
+        return
+    has_results = os.path.exists(os.path.join(out, "results.json"))
+    if (has_results or has_checkpoint(out)) and not args.overwrite:
+        what = "a finished run's results.json" if has_results else "checkpoints of an unfinished run"
+        raise ConfigError(f"{out} already holds {what}; pass --resume {out} to continue it, --overwrite to "
+                          "replace it, or choose another --out.")
+    if args.overwrite:
+        shutil.rmtree(os.path.join(out, SUBDIR), ignore_errors=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".m2n2-write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"cannot write to output directory {out}: {err.strerror}; choose a writable --out.") from None
 
 
 def cmd_bench(args) -> int:
@@ -121,8 +207,13 @@ def main(argv=None) -> int:
     try:
         return {"evolve": cmd_evolve, "bench": cmd_bench}[args.command](args)
     except M2N2Error as err:
-        print(f"m2n2: error: {err}", file=sys.stderr)
-        return 2
+        from .evolution import Interrupted
+
+        print(f"m2n2: {'stopped' if isinstance(err, Interrupted) else 'error'}: {err}", file=sys.stderr)
+        return 130 if isinstance(err, Interrupted) else 2
+    except KeyboardInterrupt:
+        print("m2n2: stopped by the user before the run started; nothing to save.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

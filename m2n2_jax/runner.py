@@ -37,6 +37,55 @@ def evaluate(score_vector, vectors, batch_size: int) -> jax.Array:
     return jax.lax.map(score_vector, vectors, batch_size=batch_size)
 
 
+def device_mesh(devices, num_children: int, eval_batch_size: int = 1):
+    """A 1-D mesh over the devices that share the children of a step, or None for one device.
+
+    The children of a step (all runs together) are split evenly, so the number
+    of devices used is the largest one (up to those given) that divides them.
+    """
+    import warnings
+
+    import numpy as np
+
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise ConfigError("no devices to run on; pass --devices 1 or more.")
+    usable = max(n for n in range(1, len(devices) + 1) if num_children % n == 0)
+    if usable < len(devices):
+        warnings.warn(f"{num_children} children per step cannot be split evenly over {len(devices)} devices; "
+                      f"using {usable}. Choose runs x batch divisible by the device count to use them all.",
+                      stacklevel=2)
+    if usable == 1:
+        return None
+    return jax.sharding.Mesh(np.array(devices[:usable]), ("children",))
+
+
+def sharded_evaluate(score_vector, mesh, batch_size: int):
+    """Scores of replicated children [M, D], each device scoring its M / n and all-gathering.
+
+    Per step only the score matrix [M, N] crosses devices (and hosts): the
+    archives, asks and tells are replicated and identical everywhere.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    if mesh is None:
+        return lambda vectors: evaluate(score_vector, vectors, batch_size)
+
+    def local(vectors):
+        return jax.lax.all_gather(evaluate(score_vector, vectors, batch_size), "children", tiled=True)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=P("children"), out_specs=P(), check_vma=False)
+
+
+def replicate(tree, mesh):
+    """Place a pytree on every device of the mesh (no-op without a mesh)."""
+    if mesh is None:
+        return tree
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
 def default_eval_batch_size(num_children: int) -> int:
     """A divisor of the number of children evaluated per step, near 2 (fast on CPUs)."""
     for size in (2, 3, 4, 1):
@@ -79,14 +128,15 @@ def step_keys(config: M2N2Config, key):
     return key, strategy.child_keys(sub, config.children_per_step)
 
 
-def make_step(config: M2N2Config, task: Task, eval_batch_size: int):
-    """One step of all runs: ask (B children each), evaluate all, tell."""
+def make_step(config: M2N2Config, task: Task, eval_batch_size: int, mesh=None):
+    """One step of all runs: ask (B children each), evaluate all (sharded over the mesh), tell."""
+    score_children = sharded_evaluate(task.score_vector, mesh, eval_batch_size)
 
     def step(state: RunsState) -> RunsState:
         next_keys, keys = jax.vmap(functools.partial(step_keys, config))(state.key)
         children = jax.vmap(lambda s, k: strategy.ask_with_keys(config, s, k))(state.archive, keys)
         runs, batch, dim = children.shape
-        scores = evaluate(task.score_vector, children.reshape(runs * batch, dim), eval_batch_size)
+        scores = score_children(children.reshape(runs * batch, dim))
         scores = scores.reshape(runs, batch, -1)
         archive = jax.vmap(lambda s, c, sc: strategy.tell(config, s, c, sc))(state.archive, children, scores)
         return RunsState(archive=archive, key=next_keys, step=state.step + 1)
@@ -105,19 +155,21 @@ def archive_metrics(task: Task, archive: strategy.ArchiveState) -> dict:
     return jax.vmap(one)(archive)
 
 
-def make_chunk(config: M2N2Config, task: Task, steps_per_log: int, eval_batch_size: int):
+def make_chunk(config: M2N2Config, task: Task, steps_per_log: int, eval_batch_size: int, mesh=None):
     """jit(state, num_logs) -> (state, metrics [num_logs, R]): scan over log intervals."""
-    step = make_step(config, task, eval_batch_size)
+    step = make_step(config, task, eval_batch_size, mesh)
 
     def interval(state, _):
         state = jax.lax.fori_loop(0, steps_per_log, lambda _, s: step(s), state)
         return state, archive_metrics(task, state.archive)
 
-    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
+    @functools.partial(jax.jit, static_argnums=1)
     def chunk(state: RunsState, num_logs: int):
         return jax.lax.scan(interval, state, None, length=num_logs)
 
-    return chunk
+    if mesh is None:
+        return chunk
+    return lambda state, num_logs: chunk(replicate(state, mesh), num_logs)
 
 
 def plan_logging(forward_passes: int, children_per_step: int, log_every: int | None):

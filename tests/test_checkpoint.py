@@ -1,0 +1,123 @@
+"""Checkpoint and resume: an interrupted run ends exactly like an uninterrupted one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from m2n2_jax import M2N2Config
+from m2n2_jax.checkpoint import CheckpointError, RunCheckpointer
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.evolution import Interrupted, evolve
+
+SETTINGS = dict(log_every=40, chunk_forward_passes=80)
+
+
+def interrupt_after(n_calls):
+    calls = []
+
+    def progress(done, total, last):
+        calls.append(done)
+        if len(calls) == n_calls:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def test_ctrl_c_saves_and_resume_matches_uninterrupted(digits, tmp_path):
+    config = M2N2Config(children_per_step=4)
+    full = evolve(config, digits, [3, 4], 400, **SETTINGS)
+    with pytest.raises(Interrupted, match="saved a checkpoint at 160 forward passes"):
+        evolve(config, digits, [3, 4], 400, checkpoint_dir=str(tmp_path), checkpoint_every=10_000,
+               progress=interrupt_after(2), **SETTINGS)
+    resumed = evolve(config, digits, [3, 4], 400, checkpoint_dir=str(tmp_path), resume=True, **SETTINGS)
+    np.testing.assert_array_equal(resumed.state.archive.params, full.state.archive.params)
+    np.testing.assert_array_equal(resumed.state.archive.scores, full.state.archive.scores)
+    np.testing.assert_array_equal(resumed.state.key, full.state.key)
+    assert resumed.forward_passes == full.forward_passes
+    for name in full.metrics:
+        np.testing.assert_array_equal(resumed.metrics[name], full.metrics[name])
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoint(digits, tmp_path):
+    config = M2N2Config(children_per_step=4)
+    evolve(config, digits, [3], 160, checkpoint_dir=str(tmp_path), **SETTINGS)
+    with pytest.raises(ConfigError, match=r"config\.alpha .*seeds"):
+        evolve(config.replace(alpha=0.5), digits, [4], 160, checkpoint_dir=str(tmp_path), resume=True, **SETTINGS)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        evolve(config, digits, [3], 160, checkpoint_dir=str(tmp_path / "empty"), resume=True, **SETTINGS)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous_with_warning(digits, tmp_path):
+    config = M2N2Config(children_per_step=4)
+    full = evolve(config, digits, [5], 320, **SETTINGS)
+    with pytest.raises(Interrupted):
+        evolve(config, digits, [5], 320, checkpoint_dir=str(tmp_path), progress=interrupt_after(3), **SETTINGS)
+    ckpt = RunCheckpointer(str(tmp_path))
+    steps = ckpt.steps()
+    ckpt.close()
+    assert len(steps) >= 2
+    newest = os.path.join(tmp_path, "checkpoints", str(steps[-1]))
+    for root, _, files in os.walk(newest):  # damage every array file of the newest checkpoint
+        for name in files:
+            if "state" in root and not name.startswith("_"):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    with pytest.warns(UserWarning, match="incomplete or corrupt"):
+        resumed = evolve(config, digits, [5], 320, checkpoint_dir=str(tmp_path), resume=True, **SETTINGS)
+    np.testing.assert_array_equal(resumed.state.archive.params, full.state.archive.params)
+    np.testing.assert_array_equal(resumed.metrics["test_accuracy"], full.metrics["test_accuracy"])
+
+
+def cli(*args):
+    return [sys.executable, "-m", "m2n2_jax", "evolve", "--task", "digits", "--runs", "2", "--batch", "4",
+            "--forward-passes", "640", "--log-every", "40", "--checkpoint-every", "80", "--quiet", *args]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    subprocess.run(cli("--out", str(out)), check=True, capture_output=True)
+    return out
+
+
+def wait_for_checkpoint(path, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        ck = os.path.join(path, "checkpoints")
+        if os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_cli_killed_or_interrupted_then_resumed_equals_uninterrupted(tmp_path, sig, uninterrupted):
+    full_dir, cut_dir = uninterrupted, tmp_path / "cut"
+    proc = subprocess.Popen(cli("--out", str(cut_dir)), stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(str(cut_dir), proc)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=120)[1]
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")  # pragma: no cover (machine too fast)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "Traceback" not in err and "--resume" in err, err
+    again = subprocess.run(cli("--out", str(cut_dir)), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to mix runs
+    resumed = subprocess.run([sys.executable, "-m", "m2n2_jax", "evolve", "--resume", str(cut_dir), "--quiet"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((full_dir / "results.json").read_text())
+    b = json.loads((cut_dir / "results.json").read_text())
+    assert a["test_accuracy"] == b["test_accuracy"] and a["forward_passes"] == b["forward_passes"]
+    np.testing.assert_array_equal(np.load(full_dir / "best_models.npz")["best_vectors"],
+                                  np.load(cut_dir / "best_models.npz")["best_vectors"])
+    bad = subprocess.run([sys.executable, "-m", "m2n2_jax", "evolve", "--resume", str(cut_dir), "--alpha", "0.5"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--alpha" in bad.stderr and "Traceback" not in bad.stderr
