@@ -138,6 +138,9 @@ def cmd_evolve(args) -> int:
                            key_order=settings["key_order"], **overrides)
     task = get_task(settings["task"], hidden=settings["hidden"], data_dir=args.data_dir,
                     train_size=settings["train_size"])
+    from .runner import plan_logging
+
+    plan_logging(settings["forward_passes"], config.children_per_step, settings["log_every"])
     _prepare_output(out, args)
     devices = None
     if args.devices:

@@ -20,7 +20,7 @@ import numpy as np
 from . import runner
 from .checkpoint import RunCheckpointer
 from .config import M2N2Config
-from .errors import ConfigError, M2N2Error
+from .errors import ConfigError, M2N2Error, SeedModelError
 from .tasks.base import Task
 
 
@@ -90,6 +90,12 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
         raise ConfigError("at least one run is needed; pass --runs 1 or more.")
     if any(s < 0 for s in seeds):
         raise ConfigError(f"run seeds must be >= 0 (got {min(seeds)}); pass --seed 0 or more.")
+    if seed_models is not None:
+        from .flatten import check_finite_seeds
+
+        if np.ndim(seed_models) != 2 or np.shape(seed_models)[0] < 2:
+            raise SeedModelError(f"seed_models must be [K >= 2, D] flat models (got shape {np.shape(seed_models)}).")
+        check_finite_seeds(seed_models)
     batch = config.children_per_step
     steps, steps_per_log = runner.plan_logging(forward_passes, batch, log_every)
     if checkpoint_every is not None:

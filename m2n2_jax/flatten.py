@@ -83,4 +83,15 @@ def stack_seed_vectors(seeds: Sequence, layout: VectorLayout | None = None):
     layout = layout or VectorLayout.of(seeds[0])
     for k, seed in enumerate(seeds):
         layout.check(seed, name=f"seed model {k}")
-    return layout, jnp.stack([layout.ravel(s) for s in seeds])
+    vectors = jnp.stack([layout.ravel(s) for s in seeds])
+    check_finite_seeds(vectors)
+    return layout, vectors
+
+
+def check_finite_seeds(vectors) -> None:
+    """Raise SeedModelError if a seed model has NaN or infinite parameters."""
+    bad = np.nonzero(~np.all(np.isfinite(np.asarray(vectors)), axis=1))[0]
+    if bad.size:
+        raise SeedModelError(f"seed model {int(bad[0])} has NaN or infinite parameters; "
+                             "check how it was trained or loaded (children with such parameters are discarded, "
+                             "but a seed must be finite).")

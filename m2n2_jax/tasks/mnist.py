@@ -101,12 +101,14 @@ def load_mnist_files(name: str = "mnist", data_dir: str | None = None):
 
 
 def _load_npz(path: str):
+    names = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path) as f:
-            parts = [np.asarray(f[k]) for k in ("x_train", "y_train", "x_test", "y_test")]
-    except KeyError as err:
-        raise DataError(f"{path} lacks array {err}; expected a Keras-style npz with x_train, y_train, "
-                        "x_test, y_test.") from None
+            missing = [k for k in names if k not in f.files]
+            if missing:
+                raise DataError(f"{path} lacks array(s) {', '.join(missing)}; expected a Keras-style npz with "
+                                "x_train, y_train, x_test, y_test.")
+            parts = [np.asarray(f[k]) for k in names]
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {path}: {err}; expected a Keras-style .npz file.") from None
     x_train, y_train, x_test, y_test = parts

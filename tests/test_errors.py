@@ -1,0 +1,166 @@
+"""Bad input: one clear line naming the problem and the fix, exit status 2, no traceback."""
+import gzip
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m2n2_jax import M2N2, M2N2Config, cli
+from m2n2_jax.errors import DataError, SeedModelError
+from m2n2_jax.tasks import get_task
+from m2n2_jax.tasks.mnist import read_idx
+
+
+def run_cli(*args, env=None):
+    """A real CLI process (for the end-to-end checks: exit status, no traceback)."""
+    return subprocess.run([sys.executable, "-m", "m2n2_jax", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+class Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """The CLI's main() in this process (fast: no new interpreter per case)."""
+    def run(*args, env=None):
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+        return Result(code, capsys.readouterr().err)
+    return run
+
+
+def assert_one_line_error(proc, needle):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--runs", "0"], "expected a positive integer, got 0"),
+    (["--runs", "-3"], "expected a positive integer, got -3"),
+    (["--seed", "-1"], "expected an integer >= 0"),
+    (["--archive-size", "1"], "archive_size must be an integer >= 2"),
+    (["--forward-passes", "1001", "--batch", "4"], "not a multiple of the batch"),
+    (["--forward-passes", "1000", "--log-every", "300"], "--log-every 300"),
+    (["--key-order", "reference", "--batch", "2"], "children_per_step=1"),
+    (["--alpha", "nan"], "expected a finite number >= 0"),
+    (["--devices", "64"], "only 1 local device"),
+    (["--resume", "/nonexistent/run"], "no checkpoint there"),
+])
+def test_cli_bad_options(args, needle, tmp_path, run_main):
+    assert_one_line_error(run_main("evolve", *args, "--out", str(tmp_path / "o"), "--quiet"), needle)
+
+
+def test_cli_refuses_output_holding_another_run(tmp_path, run_main):
+    (tmp_path / "results.json").write_text("{}")
+    assert_one_line_error(run_main("evolve", "--out", str(tmp_path), "--quiet"), "--overwrite")
+
+
+def test_cli_unwritable_output(tmp_path, run_main):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert_one_line_error(run_main("evolve", "--out", str(target / "sub"), "--quiet"), "cannot write")
+
+
+def test_cli_process_error_has_no_traceback(tmp_path):
+    assert_one_line_error(run_cli("evolve", "--method", "nope", "--out", str(tmp_path / "o")), "unknown method")
+
+
+def test_cli_missing_mnist_data_names_path_and_source(tmp_path, run_main):
+    proc = run_main("evolve", "--task", "mnist", "--out", str(tmp_path / "o"), "--quiet",
+                    env={"M2N2_DATA_DIR": str(tmp_path / "nothing")})
+    assert_one_line_error(proc, str(tmp_path / "nothing"))
+    assert "train-images-idx3-ubyte" in proc.stderr and "yann.lecun.com" in proc.stderr
+
+
+def write_idx(path, array, gz):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_load_through_the_real_loader(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    parts = {"train-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
+             "train-labels-idx1-ubyte": rng.integers(0, 10, 30),
+             "t10k-images-idx3-ubyte": rng.integers(0, 256, (12, 28, 28)),
+             "t10k-labels-idx1-ubyte": rng.integers(0, 10, 12)}
+    for name, arr in parts.items():
+        write_idx(tmp_path / (name + (".gz" if gz else "")), arr, gz)
+    np.testing.assert_array_equal(read_idx(str(tmp_path / ("t10k-labels-idx1-ubyte" + (".gz" if gz else "")))),
+                                  parts["t10k-labels-idx1-ubyte"])
+    task = get_task("mnist", data_dir=str(tmp_path), hidden=8)
+    assert task.num_datapoints == 30 and task.num_params == 784 * 8 + 8 + 8 * 10 + 10
+    scores = task.score_vector(jnp.zeros(task.num_params))
+    np.testing.assert_array_equal(scores, (parts["train-labels-idx1-ubyte"] == 0).astype(np.float32))
+
+
+def test_npz_loads_and_malformed_files_are_named(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "fashion-mnist.npz", x_train=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, 10, 20), x_test=rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 5))
+    assert get_task("fashion-mnist", data_dir=str(tmp_path), hidden=4).num_datapoints == 20
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.savez(bad / "mnist.npz", x_train=np.zeros((2, 28, 28)))
+    with pytest.raises(DataError, match="lacks array.* y_train"):
+        get_task("mnist", data_dir=str(bad))
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    write_idx(trunc / "x-idx3-ubyte", np.zeros((4, 28, 28)), gz=False)
+    with open(trunc / "x-idx3-ubyte", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(str(trunc / "x-idx3-ubyte"))
+    (trunc / "y-idx1-ubyte").write_bytes(b"not an idx file")
+    with pytest.raises(DataError, match="bad magic number"):
+        read_idx(str(trunc / "y-idx1-ubyte"))
+
+
+def test_nan_scores_are_worthless_and_the_run_goes_on():
+    def score(params):  # NaN on half of the parameter space
+        s = jnp.tanh(jnp.arange(6) * params["w"][0]) ** 2
+        return jnp.where(params["w"][1] > 0, jnp.nan, s)
+
+    example = {"w": jnp.zeros(2)}
+    strat = M2N2(M2N2Config(children_per_step=8, mutation_std=0.3), example)
+    seeds = [{"w": jnp.array([0.5, -0.1])}, {"w": jnp.array([-0.3, -0.2])}]
+    state = strat.init(seeds, jnp.stack([score(s) for s in seeds]))
+    key = jax.random.PRNGKey(0)
+    batch_score = jax.vmap(lambda v: score(strat.unravel(v)))
+    nan_children = 0
+    for _ in range(30):
+        key, sub = jax.random.split(key)
+        children = strat.ask(sub, state)
+        scores = batch_score(children)
+        nan_children += int(jnp.sum(jnp.any(jnp.isnan(scores), axis=1)))
+        state = strat.tell(state, children, scores)
+    assert nan_children > 10  # the case really happened
+    assert np.all(np.isfinite(state.scores))
+    assert np.all(np.asarray(state.params)[:, 1] <= 0)  # no NaN-scoring child entered
+    assert int(state.evaluated) == 240
+
+
+def test_nan_seed_model_is_refused():
+    example = {"w": jnp.zeros(2)}
+    strat = M2N2(M2N2Config(), example)
+    with pytest.raises(SeedModelError, match="seed model 1 has NaN"):
+        strat.init([example, {"w": jnp.array([jnp.nan, 0.0])}], jnp.zeros((2, 3)))
