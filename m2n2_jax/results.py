@@ -82,10 +82,17 @@ def _rounded(a, digits: int = 6):
     return np.round(np.asarray(a, dtype=float), digits).tolist()
 
 
+def dumps_record(record: dict) -> str:
+    """JSON with one top-level field per line: readable, diffable and compact (curves stay on one line)."""
+    items = [f"  {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}" for k, v in record.items()]
+    return "{\n" + ",\n".join(items) + "\n}\n"
+
+
 def write_json(path: str, record: dict) -> None:
+    """Write atomically (a crash never leaves half a file)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
+        f.write(dumps_record(record))
     os.replace(tmp, path)
 
 
