@@ -36,6 +36,7 @@ from .driver import BaselineResult, drive
 
 POPULATION = 20
 START_STD = 0.01
+CMA_CHUNK_FORWARD_PASSES = 200  # full CMA-ES: time every 10 generations
 
 
 class LazyCMA_ES(CMA_ES):
@@ -218,18 +219,30 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
         best = np.asarray(state.es.best_solution)
         return BaselineResult(method, seeds, fps, metrics, wall, config, best)
     # Full CMA-ES: one run at a time (a D x D state each; lax.cond stays a real branch).
-    per_run, bests, seconds_per_generation = [], [], []
+    per_run, bests, chunk_seconds = [], [], []
     with single_thread_blas():
         for seed in seeds:
             state = jax.jit(lambda s: init_run(es, params, spec, task, s))(jnp.uint32(seed))
-            t0 = time.perf_counter()
+            stamps = [(0, time.perf_counter())]
+
+            def timer(done, total, last, _stamps=stamps):
+                _stamps.append((done, time.perf_counter()))
+                if callable(progress):
+                    progress(done, total, last)
+
             fps, metrics, _, state = drive(state, step, log, forward_passes=forward_passes, fp_per_step=POPULATION,
-                                           log_every=log_every, progress=progress, runs=1)
-            seconds_per_generation.append((time.perf_counter() - t0) / (forward_passes // POPULATION))
+                                           log_every=log_every, progress=timer, runs=1,
+                                           chunk_forward_passes=CMA_CHUNK_FORWARD_PASSES)
+            chunk_seconds.append([(t1 - t0) / ((d1 - d0) // POPULATION)
+                                  for (d0, t0), (d1, t1) in zip(stamps, stamps[1:])])
             per_run.append(metrics)
             bests.append(np.asarray(state.es.best_solution))
             del state
     metrics = {k: np.concatenate([m[k] for m in per_run]) for k in per_run[0]}
     wall = time.perf_counter() - start
-    return BaselineResult(method, seeds, fps, metrics, wall, config, np.stack(bests),
-                          extra={"seconds_per_generation_incl_compile": [round(s, 3) for s in seconds_per_generation]})
+    steady = [s for run in chunk_seconds for s in run[1:]]  # the first chunk includes compilation
+    extra = {"seconds_per_generation_by_chunk": [[round(s, 3) for s in run] for run in chunk_seconds],
+             "seconds_per_generation_steady": round(float(np.median(steady)), 3) if steady else None,
+             "generations_per_chunk": CMA_CHUNK_FORWARD_PASSES // POPULATION,
+             "eigendecompositions_per_run": (forward_passes // POPULATION - 1) // es.eigen_every}
+    return BaselineResult(method, seeds, fps, metrics, wall, config, np.stack(bests), extra=extra)
