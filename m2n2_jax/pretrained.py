@@ -2,8 +2,9 @@
 
 Model A is trained on the training digits 0-4, model B on 5-9, each with optax
 Adam (lr 3e-3) on the softmax cross-entropy over all ten classes, full batch,
-for 10 epochs, starting from the from-scratch seeds N(0, 0.01^2) drawn from
-PRNGKey(42) as the runs draw them. The pair is stored as flat vectors in
+for 10 epochs, starting from two N(0, 0.01^2) draws from the two halves of
+``split(PRNGKey(42), 2)``. That is the authors' recipe, and since the digits
+layout is theirs, the pair is theirs too (test accuracy 0.4417 and 0.4528). The pair is stored as flat vectors in
 ``$M2N2_CACHE_DIR`` (default ``~/.cache/m2n2_jax``) under a name that encodes
 every setting, so repeated runs reuse it and a change of setting retrains.
 """
@@ -57,7 +58,7 @@ def train_digits_pair(hidden: int = 256, *, seed: int = SEED, learning_rate: flo
     (x, y), _ = load_digits_split()
     model = MLP(hidden=hidden)
     layout = mlp_layout(model, x.shape[1])
-    _, k_a, k_b = jax.random.split(jax.random.PRNGKey(seed), 3)
+    k_a, k_b = jax.random.split(jax.random.PRNGKey(seed), 2)
     pair = []
     for k, mask in ((k_a, y < SPLIT_LABEL), (k_b, y >= SPLIT_LABEL)):
         start = jax.random.normal(k, (layout.size,)) * 0.01
@@ -68,7 +69,7 @@ def train_digits_pair(hidden: int = 256, *, seed: int = SEED, learning_rate: flo
 
 def cache_path(hidden: int = 256, seed: int = SEED, learning_rate: float = LEARNING_RATE,
                epochs: int = EPOCHS) -> str:
-    name = f"digits-pretrained-h{hidden}-seed{seed}-adam{learning_rate:g}-ep{epochs}-split{SPLIT_LABEL}.npz"
+    name = f"digits-pretrained-v2-h{hidden}-seed{seed}-adam{learning_rate:g}-ep{epochs}-split{SPLIT_LABEL}.npz"
     return os.path.join(cache_dir(), name)
 
 
