@@ -164,3 +164,14 @@ def test_brute_force_picks_the_best_ratio_like_a_numpy_loop(small_digits):
     assert res.metrics["test_accuracy"][0, -1] == pytest.approx(float(small_digits.metrics(merged)["test_accuracy"]))
     with pytest.raises(ConfigError, match="pre-trained"):
         brute_force.run_brute_force(small_digits, [0], count)
+
+
+def test_full_cma_es_runs_with_single_threaded_blas():
+    import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jax's CPU eigh calls into)
+    from threadpoolctl import threadpool_info
+
+    from m2n2_jax.baselines.evosax_es import single_thread_blas
+
+    with single_thread_blas():
+        pools = [p for p in threadpool_info() if p["user_api"] in ("blas", "openmp")]
+        assert pools and all(p["num_threads"] == 1 for p in pools), pools

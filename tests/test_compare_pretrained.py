@@ -91,3 +91,20 @@ def test_compare_runs_methods_with_the_same_results_fields(tmp_path):
     assert np.load(out / "sep-cma-es" / "best_models.npz")["best_vectors"].shape == (2, 19210)
     table = (out / "table.md").read_text()
     assert "| sep-cma-es | scratch | 2 (42-43) | 100 |" in table and "| ga |" in table
+
+
+def test_pretrained_merge_in_reference_order_matches_the_authors_code(tmp_path, monkeypatch):
+    """The cached pair is the authors' pair: M2N2 merging it in their key order gives their curve."""
+    from m2n2_jax.methods import run_method
+    from m2n2_jax.tasks import digits_task
+
+    monkeypatch.setenv("M2N2_CACHE_DIR", str(tmp_path))
+    ref = json.load(open(os.path.join(os.path.dirname(__file__), "data", "reference_digits.json")))["runs"]
+    task = digits_task()
+    pair = task.pretrained_seeds()
+    seeds_acc = [float(task.metrics(v)["test_accuracy"]) for v in pair]
+    np.testing.assert_allclose(seeds_acc, ref["pre_trained_seed_models"]["test_accuracy"], atol=1e-4)
+    res = run_method("m2n2", task, [42, 43, 44], 500, init="pretrained", key_order="reference", log_every=500)
+    pt = ref["natural_niches_pre_trained"]
+    assert pt["forward_passes"][0] == 500
+    assert abs(res.metrics["test_accuracy"][:, -1].mean() - pt["mean_test_accuracy"][0]) < 1e-4
