@@ -44,7 +44,7 @@ def make_chunk(step: Callable, log: Callable, steps_per_log: int):
         state = jax.lax.fori_loop(0, steps_per_log, lambda _, s: step(s), state)
         return state, log(state)
 
-    @functools.partial(jax.jit, static_argnums=1)
+    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)  # no second copy of the state
     def chunk(state, num_logs: int):
         return jax.lax.scan(interval, state, None, length=num_logs)
 
