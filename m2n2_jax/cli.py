@@ -15,9 +15,9 @@ from .errors import ConfigError, M2N2Error
 
 # Settings that define a run (compared when resuming); None means "not given".
 EVOLVE_DEFAULTS = {
-    "task": "digits", "method": "m2n2", "runs": 1, "seed": 42, "forward_passes": 50_000, "batch": 1,
-    "log_every": None, "archive_size": None, "alpha": None, "mutation_std": None, "key_order": "engine",
-    "noise": None, "eval_batch_size": None, "hidden": None, "train_size": None,
+    "task": "digits", "method": "m2n2", "init": "scratch", "runs": 1, "seed": 42, "forward_passes": None,
+    "batch": 1, "log_every": None, "archive_size": None, "alpha": None, "mutation_std": None, "sigma": None,
+    "key_order": "engine", "noise": None, "eval_batch_size": None, "hidden": None, "train_size": None,
 }
 
 
@@ -59,6 +59,7 @@ def _non_negative_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import ALL_METHODS, INITS
     from .tasks import TASKS
 
     parser = OneLineParser(prog="m2n2", description="M2N2: evolve and merge models with natural niches.")
@@ -66,16 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evolve", help="run one method for R runs and write results.json and curves.png")
     ev.add_argument("--task", help=f"task name ({', '.join(TASKS)}); default digits")
-    ev.add_argument("--method", help=f"one of {', '.join(METHODS)}; default m2n2")
+    ev.add_argument("--method", help=f"one of {', '.join(ALL_METHODS)}; default m2n2")
+    ev.add_argument("--init", choices=INITS,
+                    help="'scratch' (default): N(0, 0.01^2) seeds; 'pretrained': merge the two cached pre-trained "
+                         "models (no mutation, default budget 10000)")
     ev.add_argument("--runs", type=_positive_int, help="independent runs, batched together (default 1)")
     ev.add_argument("--seed", type=_non_negative_int, help="run r uses seed S + r (default 42, as the paper)")
-    ev.add_argument("--forward-passes", type=_positive_int, help="children evaluated per run (default 50000)")
+    ev.add_argument("--forward-passes", type=_positive_int,
+                    help="children evaluated per run (default 50000 from scratch, 10000 from pre-trained)")
     ev.add_argument("--batch", type=_positive_int, help="children per step from one archive snapshot (default 1)")
     ev.add_argument("--log-every", type=_positive_int,
                     help="log test accuracy every K forward passes (default: about 500 points)")
     ev.add_argument("--archive-size", type=_positive_int, help="archive size P (default 20)")
     ev.add_argument("--alpha", type=_non_negative_float, help="competition exponent (method's default)")
-    ev.add_argument("--mutation-std", type=_non_negative_float, help="mutation std (default 0.01)")
+    ev.add_argument("--mutation-std", type=_non_negative_float,
+                    help="mutation std (default 0.01 from scratch, 0 from pre-trained)")
+    ev.add_argument("--sigma", type=_non_negative_float,
+                    help="initial step size of an evosax strategy (default: the method's, see docs)")
     ev.add_argument("--key-order", choices=("engine", "reference"),
                     help="'reference' follows the authors' PRNG key order exactly (needs --batch 1)")
     ev.add_argument("--noise", choices=("hash", "threefry"), help="mutation-noise generator (default hash)")
@@ -94,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
     ev.add_argument("--devices", type=_positive_int, help="use at most N local devices (default all)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    cmp = sub.add_parser("compare", help="run several methods on equal budgets (or reuse finished runs) "
+                                         "and write curves.png, table.md, results.json")
+    cmp.add_argument("--task", default="digits", help="task name; default digits")
+    cmp.add_argument("--methods", default=None, help="comma-separated methods to run (see evolve --method)")
+    cmp.add_argument("--runs", type=_positive_int, default=10, help="runs per method (default 10)")
+    cmp.add_argument("--seed", type=int, default=42, help="first seed (default 42)")
+    cmp.add_argument("--forward-passes", type=_positive_int, default=None,
+                     help="budget per run (default 50000 from scratch, 10000 from pre-trained)")
+    cmp.add_argument("--init", choices=INITS, default="scratch", help="start from scratch or from pre-trained models")
+    cmp.add_argument("--from", dest="from_dirs", nargs="+", default=None,
+                     help="redraw the report from finished runs (method dirs, compare dirs or their parents)")
+    cmp.add_argument("--title", default=None, help="figure and table title")
+    cmp.add_argument("--out", required=True, help="report directory")
 
     bench = sub.add_parser("bench", help="throughput of the engine against a per-child Python loop")
     bench.add_argument("--forward-passes", type=_positive_int, default=2000, help="forward passes per measured setting")
@@ -123,24 +145,27 @@ def resolve_settings(args) -> dict:
 
 
 def cmd_evolve(args) -> int:
+    import resource
+
     import jax
     import numpy as np
 
     from . import results
-    from .config import method_config
-    from .evolution import evolve
+    from .methods import DEFAULT_FORWARD_PASSES, check_method, run_method
     from .tasks import get_task
 
     settings = resolve_settings(args)
-    out = args.resume or args.out or os.path.join("runs", f"{settings['task']}-{settings['method']}")
-    overrides = {k: settings[k] for k in ("archive_size", "alpha", "mutation_std", "noise") if settings[k] is not None}
-    config = method_config(settings["method"], children_per_step=settings["batch"],
-                           key_order=settings["key_order"], **overrides)
+    method, init = settings["method"], settings["init"]
+    check_method(method, init)
+    forward_passes = settings["forward_passes"] or DEFAULT_FORWARD_PASSES[init]
+    out = args.resume or args.out or os.path.join(
+        "runs", f"{settings['task']}-{method}" + ("-pretrained" if init == "pretrained" else ""))
     task = get_task(settings["task"], hidden=settings["hidden"], data_dir=args.data_dir,
                     train_size=settings["train_size"])
     from .runner import plan_logging
 
-    plan_logging(settings["forward_passes"], config.children_per_step, settings["log_every"])
+    if method in METHODS:
+        plan_logging(forward_passes, settings["batch"], settings["log_every"])
     _prepare_output(out, args)
     devices = None
     if args.devices:
@@ -150,27 +175,62 @@ def cmd_evolve(args) -> int:
                               f"pass --devices {len(available)} or fewer.")
         devices = available[:args.devices]
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
-    print(f"m2n2 evolve: task={task.name} method={settings['method']} runs={len(seeds)} seeds={seeds[0]}..{seeds[-1]} "
-          f"forward_passes={settings['forward_passes']} batch={settings['batch']} -> {out}"
+    print(f"m2n2 evolve: task={task.name} method={method} init={init} runs={len(seeds)} "
+          f"seeds={seeds[0]}..{seeds[-1]} forward_passes={forward_passes} batch={settings['batch']} -> {out}"
           f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
-    res = evolve(config, task, seeds, settings["forward_passes"], log_every=settings["log_every"],
-                 eval_batch_size=settings["eval_batch_size"], progress=not args.quiet,
-                 checkpoint_dir=None if args.no_checkpoint else out,
-                 checkpoint_every=args.checkpoint_every,
-                 checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
-                 identity_extra={"cli": settings}, devices=devices)
+    checkpointing = {}
+    if method in METHODS and not args.no_checkpoint:
+        checkpointing = dict(checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
+                             checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
+                             identity_extra={"cli": settings})
+    elif method not in METHODS and not args.no_checkpoint:
+        print(f"m2n2 evolve: note: {method} runs without checkpoints (only the M2N2 family checkpoints today).",
+              file=sys.stderr)
+    res = run_method(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
+                     batch=settings["batch"], eval_batch_size=settings["eval_batch_size"], progress=not args.quiet,
+                     key_order=settings["key_order"], sigma=settings["sigma"], archive_size=settings["archive_size"],
+                     alpha=settings["alpha"], mutation_std=settings["mutation_std"], noise=settings["noise"],
+                     devices=devices, **checkpointing)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
     record = results.results_record(
-        method=settings["method"], task=task.name, seeds=seeds, forward_passes=res.forward_passes,
+        method=method, task=task.name, seeds=seeds, forward_passes=res.forward_passes,
         metrics=res.metrics, wall_seconds=res.wall_seconds,
-        config={**config.to_dict(), **settings, "task_info": task.info})
+        config={**res.config, **settings, "forward_passes": forward_passes, "task_info": task.info},
+        extra={**res.extra, "peak_rss_mb": round(peak_mb, 1)})
     results_path = os.path.join(out, "results.json")
     results.write_json(results_path, record)
     results.plot_curves(os.path.join(out, "curves.png"), [record])
     np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best_vectors(),
                         seeds=np.asarray(seeds))
     print(f"final test accuracy: mean {record['final_mean']:.4f} ± {record['final_sem']:.4f} (sem) over "
-          f"{len(seeds)} run(s); {record['forward_passes_per_second']:.0f} forward passes/s; "
-          f"wrote {results_path}, curves.png, best_models.npz")
+          f"{len(seeds)} run(s); {record['forward_passes_per_second']:.0f} forward passes/s; peak RSS "
+          f"{peak_mb:.0f} MB; wrote {results_path}, curves.png, best_models.npz")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import shlex
+
+    from . import compare
+    from .methods import check_method
+
+    command = "m2n2 " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    if args.from_dirs:
+        if args.methods:
+            raise ConfigError("pass either --methods (run them) or --from (reuse finished runs), not both.")
+        records = compare.load_records(args.from_dirs)
+    else:
+        if not args.methods:
+            raise ConfigError("pass --methods m2n2,cma-es,... to run, or --from DIR ... to reuse finished runs.")
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for m in methods:
+            check_method(m, args.init)
+        records = compare.run_all(methods, args.out, task=args.task, runs=args.runs, seed=args.seed,
+                                  forward_passes=args.forward_passes, init=args.init,
+                                  log=lambda msg: print(msg, file=sys.stderr))
+    data = compare.report(records, args.out, command=command, title=args.title)
+    print(compare.table_markdown(records), end="")
+    print(f"wrote {os.path.join(args.out, 'curves.png')}, table.md, results.json ({len(data['records'])} methods)")
     return 0
 
 
@@ -207,8 +267,9 @@ def cmd_bench(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     try:
-        return {"evolve": cmd_evolve, "bench": cmd_bench}[args.command](args)
+        return {"evolve": cmd_evolve, "compare": cmd_compare, "bench": cmd_bench}[args.command](args)
     except M2N2Error as err:
         from .evolution import Interrupted
 

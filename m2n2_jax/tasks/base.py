@@ -19,6 +19,8 @@ class Task:
         runner reports them for the archive's best member.
     random_seed(key) -> [D] a seed model drawn from scratch.
     pretrained_seeds() -> [K, D] or None when the task has none.
+    train_labels: [N] class labels of the training points (classification
+        tasks; MAP-Elites derives its descriptors from them), else None.
     """
 
     name: str
@@ -29,6 +31,7 @@ class Task:
     random_seed: Callable[[jax.Array], jax.Array]
     pretrained_seeds: Callable[[], jax.Array] | None = None
     capacity: jax.Array | None = None
+    train_labels: jax.Array | None = None
     info: dict = dataclasses.field(default_factory=dict)
 
     @property

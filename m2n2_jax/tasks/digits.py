@@ -79,14 +79,17 @@ def classification_task(name: str, model: MLP, train, test, seed_std: float = SE
 
     return Task(name=name, layout=layout, num_datapoints=int(x_train.shape[0]),
                 score_vector=score_vector, metrics=metrics, random_seed=random_seed,
-                pretrained_seeds=pretrained_seeds,
+                pretrained_seeds=pretrained_seeds, train_labels=y_train,
                 info={"train_size": int(x_train.shape[0]), "test_size": int(x_test.shape[0]),
                       "num_params": layout.size, **(info or {})})
 
 
 def digits_task(hidden: int = 256) -> Task:
+    from ..pretrained import digits_pretrained_pair
+
     train, test = load_digits_split()
     return classification_task(
         "digits", MLP(hidden=hidden), train, test,
+        pretrained_seeds=lambda: digits_pretrained_pair(hidden=hidden),
         info={"data": "sklearn.datasets.load_digits, first 80% train / last 20% test, raw 0..16 inputs",
               "model": f"Flax MLP 64-{hidden}-10"})
