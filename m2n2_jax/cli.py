@@ -164,7 +164,12 @@ def cmd_evolve(args) -> int:
                     train_size=settings["train_size"])
     from .runner import plan_logging
 
-    if method in METHODS:
+    if method in METHODS:  # validate before anything runs, so mistakes end in one line
+        from .config import method_config
+
+        method_config(method, children_per_step=settings["batch"], key_order=settings["key_order"],
+                      **{k: settings[k] for k in ("archive_size", "alpha", "mutation_std", "noise")
+                         if settings[k] is not None})
         plan_logging(forward_passes, settings["batch"], settings["log_every"])
     _prepare_output(out, args)
     devices = None
