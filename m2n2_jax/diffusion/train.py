@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from . import prompts as pr
 from .model import FlowModel, ModelConfig, init_params, to_model_space
 
-SCOPES = ("all", "embeddings")
+SCOPES = ("all", "embeddings", "network")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +66,8 @@ def gradient_mask(params, scope: str, frozen_tokens=()):
     """0/1 pytree like ``params``: what a fine-tune of this scope may change."""
     if scope not in SCOPES:
         raise ConfigError(f"unknown fine-tuning scope {scope!r}; choose one of: {', '.join(SCOPES)}.")
-    mask = jax.tree.map(lambda p: jnp.full(p.shape, 1.0 if scope == "all" else 0.0, p.dtype), params)
-    emb = jnp.ones_like(params["params"]["text"]["embed"]["embedding"])
+    mask = jax.tree.map(lambda p: jnp.full(p.shape, 0.0 if scope == "embeddings" else 1.0, p.dtype), params)
+    emb = jnp.full_like(params["params"]["text"]["embed"]["embedding"], 0.0 if scope == "network" else 1.0)
     emb = emb.at[jnp.asarray(frozen_tokens, jnp.int32)].set(0.0)
     text = {**mask["params"]["text"], "embed": {"embedding": emb}}
     return {**mask, "params": {**mask["params"], "text": text}}
@@ -108,16 +108,28 @@ def train_flow(model_config: ModelConfig, params, raw_images, labels, table, key
     return params, float(np.mean(np.asarray(losses[-tail:])))
 
 
+def zero_word_rows(params):
+    """Params with every token embedding but the class symbols' set to zero.
+
+    The base's vocabulary already lists the words of both languages, as
+    placeholders it never trained: zero vectors, which pool to no condition.
+    """
+    words = np.setdiff1d(np.arange(len(pr.VOCAB)), pr.language_token_ids("symbol"))
+    text = params["params"]["text"]
+    emb = text["embed"]["embedding"].at[jnp.asarray(words)].set(0.0)
+    return {**params, "params": {**params["params"], "text": {**text, "embed": {"embedding": emb}}}}
+
+
 def train_base(model_config: ModelConfig, raw_images, labels, key, train: TrainConfig):
-    """The shared base: fresh parameters trained on class-symbol prompts."""
+    """The shared base: fresh parameters (word embeddings zero) trained on class-symbol prompts."""
     init_key, train_key = jax.random.split(key)
-    params = init_params(model_config, init_key)
+    params = zero_word_rows(init_params(model_config, init_key))
     return train_flow(model_config, params, raw_images, labels, token_table("symbol"), train_key, train)
 
 
 def fine_tune(model_config: ModelConfig, base_params, raw_images, labels, lang: str, key,
               train: TrainConfig, scope: str = "all"):
     """A copy of the base fine-tuned on one language's prompts (see the module docstring)."""
-    table = token_table(lang, "symbol") if scope == "all" else token_table(lang)
+    table = token_table(lang) if scope == "embeddings" else token_table(lang, "symbol")
     mask = gradient_mask(base_params, scope, pr.language_token_ids("symbol"))
     return train_flow(model_config, base_params, raw_images, labels, table, key, train, mask)
