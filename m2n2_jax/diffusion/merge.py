@@ -79,3 +79,19 @@ def piecewise_fit(vector, seeds, rtol: float = 1e-4, window: int = 16) -> Piecew
         i = end
     scale = max(np.max(np.abs(v)), 1e-30)
     return PiecewiseFit(np.asarray(starts), np.asarray(coeffs), worst / scale)
+
+
+def word_rows_mask(layout, params, token_ids) -> np.ndarray:
+    """Boolean [D]: the flat coordinates of the embedding rows of ``token_ids``."""
+    marks = jax.tree.map(jnp.zeros_like, params)
+    text = marks["params"]["text"]
+    emb = text["embed"]["embedding"].at[jnp.asarray(token_ids)].set(1.0)
+    marks = {**marks, "params": {**marks["params"], "text": {**text, "embed": {"embedding": emb}}}}
+    return np.asarray(layout.ravel(marks)) > 0.5
+
+
+def block_coefficients(vector, seeds, mask) -> np.ndarray:
+    """Least-squares coefficients [K] of the seeds on the coordinates in ``mask`` (min-norm)."""
+    s = np.asarray(seeds, np.float64)[:, mask]
+    c, *_ = np.linalg.lstsq(s.T, np.asarray(vector, np.float64)[mask], rcond=None)
+    return c

@@ -27,6 +27,7 @@ from ..results import mean_and_sem
 from ..tasks.digits import load_digits_split
 from . import classifier as clf
 from . import merge, train
+from . import prompts as pr
 from .model import ModelConfig
 from .task import merge_task, prompt_set
 
@@ -50,7 +51,7 @@ class PipelineConfig:
     report_samples: int = 8
     methods: tuple[str, ...] = ("m2n2", "m2n2-no-attraction", "m2n2-no-split-point", "ga")
     runs: int = 3
-    forward_passes: int = 1600
+    forward_passes: int = 3200
     children_per_step: int = 4
     archive_size: int = 20
     slerp_ratios: int = 21
@@ -142,15 +143,36 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print):
     display["slerp-best"] = x_slerp
     log(f"slerp-best (seed-A to {best[0]}, t = {best[1]:.2f}): {_fmt(rows['slerp-best'])}")
 
+    # Diagnostic: one split at the boundary of the language-A word rows, with
+    # everything else from one B model; the bilingual model the merge space holds.
+    rows_a = merge.word_rows_mask(layout, base, pr.language_token_ids(cfg.lang_a))
+    rows_b = merge.word_rows_mask(layout, base, pr.language_token_ids(cfg.lang_b))
+    best = None
+    for j, name in enumerate(seed_names[1:], start=1):
+        x = jnp.where(jnp.asarray(rows_a), seeds[0], seeds[j])
+        value = float(fitness_mean(x))
+        if best is None or value > best[2]:
+            best = (name, x, value)
+    rows["oracle-split"] = {"kind": "diagnostic", "models": [best[0], "seed-A"],
+                            "note": f"{best[0]} with seed-A's {cfg.lang_a} word embeddings", **measure(best[1])}
+    display["oracle-split"] = best[1]
+    log(f"oracle-split ({best[0]} + seed-A's {cfg.lang_a} word rows): {_fmt(rows['oracle-split'])}")
+
+    def provenance(v) -> dict:
+        ca = merge.block_coefficients(v, seeds, rows_a)
+        cb = merge.block_coefficients(v, seeds, rows_b)
+        return {f"{cfg.lang_a}_rows_coeffs": [round(float(c), 3) for c in ca],
+                f"{cfg.lang_b}_rows_coeffs": [round(float(c), 3) for c in cb]}
+
     run_seeds = list(range(cfg.seed, cfg.seed + cfg.runs))
     for method in cfg.methods:
         config = method_config(method, mutation_std=0.0, children_per_step=cfg.children_per_step,
                                archive_size=cfg.archive_size)
         start = time.perf_counter()
         result = evolve(config, task, run_seeds, cfg.forward_passes, seed_models=seeds,
-                        log_every=cfg.forward_passes // 4)
+                        log_every=_log_every(cfg.forward_passes, cfg.children_per_step))
         vectors = result.best_vectors()
-        per_run = [measure(v) for v in vectors]
+        per_run = [{**measure(v), **provenance(v)} for v in vectors]
         fits = [merge.piecewise_fit(v, seeds) for v in vectors]
         row = {"kind": "merge", "config": config.to_dict(), "runs": len(run_seeds), "run_seeds": run_seeds,
                "forward_passes": cfg.forward_passes, "wall_seconds": round(time.perf_counter() - start, 1),
@@ -178,10 +200,19 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print):
         "reports": {k: {"prompts": int(v.tokens.shape[0]), "samples_per_prompt": cfg.report_samples,
                         "noise": "held out (not the fitness noise)"} for k, v in reports.items()},
         "rows": rows,
+        "word_rows": {"coordinates_" + cfg.lang_a: int(rows_a.sum()), "coordinates_" + cfg.lang_b: int(rows_b.sum()),
+                      "first_coordinate_" + cfg.lang_a: int(np.argmax(rows_a)),
+                      "first_coordinate_" + cfg.lang_b: int(np.argmax(rows_b)), "dimension": layout.size},
         "config": cfg.to_dict(),
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
     return record, display, layout, clf_params
+
+
+def _log_every(forward_passes: int, children: int) -> int:
+    """About four logged points (each costs a full evaluation of the best members)."""
+    quarter = forward_passes // 4
+    return quarter if quarter > 0 and quarter % children == 0 and forward_passes % quarter == 0 else forward_passes
 
 
 def _fmt(row: dict) -> str:
