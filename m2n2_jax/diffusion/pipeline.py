@@ -29,7 +29,7 @@ from . import classifier as clf
 from . import merge, train
 from . import prompts as pr
 from .model import ModelConfig
-from .task import merge_task, prompt_set
+from .task import merge_task, prompt_accuracy, prompt_set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +116,9 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print):
     metrics = jax.jit(task.metrics)
     fitness_mean = jax.jit(lambda x: jnp.mean(task.score_vector(x)))
 
+    def prompt_accuracy_b(x):
+        return prompt_accuracy(cfg.model, clf_params, layout.unravel(x), reports["B"])
+
     def measure(x) -> dict:
         m = jax.device_get(metrics(x))
         return {"accuracy_A": float(m["accuracy_A"]), "accuracy_B": float(m["accuracy_B"]),
@@ -158,11 +161,19 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print):
     display["oracle-split"] = best[1]
     log(f"oracle-split ({best[0]} + seed-A's {cfg.lang_a} word rows): {_fmt(rows['oracle-split'])}")
 
+    b_index = seed_names.index(best[0])
+    restore_b = jax.jit(lambda v: prompt_accuracy_b(jnp.where(jnp.asarray(rows_b), seeds[b_index], v)))
+
     def provenance(v) -> dict:
+        """Where a merge's word rows come from, and its B accuracy with B's word rows put back."""
         ca = merge.block_coefficients(v, seeds, rows_a)
         cb = merge.block_coefficients(v, seeds, rows_b)
         return {f"{cfg.lang_a}_rows_coeffs": [round(float(c), 3) for c in ca],
-                f"{cfg.lang_b}_rows_coeffs": [round(float(c), 3) for c in cb]}
+                f"{cfg.lang_b}_rows_coeffs": [round(float(c), 3) for c in cb],
+                "accuracy_B_with_B_rows": float(restore_b(v))}
+
+    for name in ("seed-A", "linear-average"):
+        rows[name].update(provenance(display[name]))
 
     run_seeds = list(range(cfg.seed, cfg.seed + cfg.runs))
     for method in cfg.methods:
@@ -179,7 +190,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print):
                "per_run": per_run,
                "segments_per_run": [f.num_segments for f in fits],
                "max_relative_residual": max(f.max_residual for f in fits)}
-        for k in ("accuracy_A", "accuracy_B", "fitness_accuracy", "fitness_score"):
+        for k in ("accuracy_A", "accuracy_B", "fitness_accuracy", "fitness_score", "accuracy_B_with_B_rows"):
             mean, sem = mean_and_sem(np.asarray([[r[k]] for r in per_run]))
             row[k], row[k + "_sem"] = float(mean[0]), float(sem[0])
         rows[method] = row

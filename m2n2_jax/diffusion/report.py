@@ -26,18 +26,21 @@ def table_markdown(record: dict, command: str) -> str:
         f"with {record['fitness']['samples_per_prompt']} fixed noise samples each. Merges: mean ± standard "
         f"error over runs (best member by fitness, {record['config']['forward_passes']} forward passes, no mutation).",
         "",
-        "| model | kind | accuracy A (" + langs["A"] + ") | accuracy B (" + langs["B"] + ") | fitness (A, prob.) |",
-        "|---|---|---|---|---|",
+        "| model | kind | accuracy A (" + langs["A"] + ") | accuracy B (" + langs["B"] + ") | fitness (A, prob.) "
+        "| accuracy B, " + langs["B"] + " word rows of " + record["rows"]["oracle-split"]["models"][0] + " put back |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in record["rows"].items():
         def cell(k):
+            if k not in row:
+                return ""
             sem = row.get(k + "_sem")
             return f"{row[k]:.3f} ± {sem:.3f}" if sem is not None else f"{row[k]:.3f}"
         label = name
         if name == "slerp-best":
             label = f"slerp-best ({row['models'][0]}→{row['models'][1]}, t={row['ratio']:.2f})"
         lines.append(f"| {label} | {row['kind']} | {cell('accuracy_A')} | {cell('accuracy_B')} | "
-                     f"{cell('fitness_score')} |")
+                     f"{cell('fitness_score')} | {cell('accuracy_B_with_B_rows')} |")
     return "\n".join(lines) + "\n"
 
 
