@@ -44,18 +44,20 @@ def test_sampling_is_deterministic_for_a_fixed_key_and_matches_a_python_euler_lo
     _, ids, _ = prompts.prompts("english", templates=[1])
     tokens = jnp.asarray(ids[:4])
     noise = model.fixed_noise(jax.random.PRNGKey(3), 4, 2)
-    a = model.sample_prompts(TINY, params, tokens, noise)
-    b = model.sample_prompts(TINY, params, tokens, model.fixed_noise(jax.random.PRNGKey(3), 4, 2))
-    c = model.sample_prompts(TINY, params, tokens, model.fixed_noise(jax.random.PRNGKey(4), 4, 2))
+    draw = jax.jit(model.sample_prompts, static_argnums=0)
+    a = draw(TINY, params, tokens, noise)
+    b = draw(TINY, params, tokens, model.fixed_noise(jax.random.PRNGKey(3), 4, 2))
+    c = draw(TINY, params, tokens, model.fixed_noise(jax.random.PRNGKey(4), 4, 2))
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.allclose(np.asarray(a), np.asarray(c))
     # Plain reference: x <- x + dt * v(x, i dt) for i = 0..steps-1.
     net = model.FlowModel(TINY)
     x = np.asarray(noise, np.float64)
     toks = jnp.broadcast_to(tokens[:, None, :], (4, 2, prompts.MAX_TOKENS))
+    velocity = jax.jit(net.apply)
     for i in range(TINY.sample_steps):
         t = jnp.full((4, 2), i / TINY.sample_steps)
-        x = x + np.asarray(net.apply(params, jnp.asarray(x, jnp.float32), t, toks), np.float64) / TINY.sample_steps
+        x = x + np.asarray(velocity(params, jnp.asarray(x, jnp.float32), t, toks), np.float64) / TINY.sample_steps
     np.testing.assert_allclose(np.asarray(a), x, rtol=1e-4, atol=1e-5)
 
 
@@ -153,11 +155,13 @@ def test_m2n2_merges_without_mutation_are_piecewise_combinations_of_the_seeds():
 
     config = method_config("m2n2", mutation_std=0.0, children_per_step=4, archive_size=6)
     state = init(config, seeds, jax.vmap(score)(seeds))
-    key = jax.random.PRNGKey(0)
-    for _ in range(6):
-        key, sub = jax.random.split(key)
-        children = ask(config, sub, state)
-        state = tell(config, state, children, jax.vmap(score)(children))
+
+    @jax.jit
+    def step(state, key):
+        children = ask(config, key, state)
+        return tell(config, state, children, jax.vmap(score)(children)), None
+
+    state, _ = jax.lax.scan(step, state, jax.random.split(jax.random.PRNGKey(0), 6))
     assert int(state.inserted) > 3
     for member in np.asarray(state.params):
         fit = merge.piecewise_fit(member, np.asarray(seeds), rtol=1e-5)
