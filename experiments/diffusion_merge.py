@@ -9,7 +9,6 @@ the baselines, and writes results.json, table.md and grid.png to --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time

@@ -100,7 +100,7 @@ def train_seed_models(cfg: PipelineConfig, log: Callable = print):
 
 
 def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print):
-    """(record, display vectors {name: [D]}, layout, classifier params, prompt key)."""
+    """(record, vectors shown in the grid {name: [D]}, layout, judge params)."""
     wall = time.perf_counter()
     clf_params, clf_acc = clf.train_classifier(_key(cfg, 0), steps=cfg.classifier_steps)
     log(f"classifier: MLP 64-{clf.HIDDEN}-10, test accuracy {clf_acc:.4f}")
