@@ -27,9 +27,9 @@ def main(argv=None) -> int:
     parser.add_argument("--forward-passes", type=int, default=pipeline.PipelineConfig.forward_passes)
     parser.add_argument("--seed", type=int, default=pipeline.PipelineConfig.seed)
     args = parser.parse_args(argv)
-    cfg = pipeline.PipelineConfig(runs=args.runs, forward_passes=args.forward_passes, seed=args.seed)
     command = "python experiments/diffusion_merge.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        cfg = pipeline.PipelineConfig(runs=args.runs, forward_passes=args.forward_passes, seed=args.seed)
         os.makedirs(args.out, exist_ok=True)
         start = time.perf_counter()
         log = lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)

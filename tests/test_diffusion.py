@@ -178,6 +178,8 @@ def test_slerp_sweep_and_average():
     np.testing.assert_allclose(np.asarray(merge.linear_average(jnp.stack([x, y]))), [0.5, 0.5])
 
 
-def test_pipeline_config_rejects_same_language():
+def test_pipeline_config_rejects_bad_settings():
     with pytest.raises(ConfigError):
         pipeline.PipelineConfig(lang_b="japanese")
+    with pytest.raises(ConfigError, match="multiple of children_per_step"):
+        pipeline.PipelineConfig(forward_passes=10, children_per_step=4)

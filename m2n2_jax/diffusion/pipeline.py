@@ -62,6 +62,10 @@ class PipelineConfig:
             raise ConfigError(f"languages A and B must differ (both are {self.lang_a!r}).")
         if self.num_b < 1 or self.runs < 1 or self.slerp_ratios < 2:
             raise ConfigError("need num_b >= 1, runs >= 1 and slerp_ratios >= 2.")
+        if self.forward_passes < 1 or self.forward_passes % self.children_per_step:
+            raise ConfigError(
+                f"forward_passes ({self.forward_passes}) must be a positive multiple of children_per_step "
+                f"({self.children_per_step}); use {max(1, self.forward_passes // self.children_per_step) * self.children_per_step}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
