@@ -48,7 +48,12 @@ def answer_scores(config, params, tokens, targets):
 
     ``targets`` [B, L] marks the answer tokens (and the final <eos>).
     """
-    logits = apply(config, params, tokens)[:, :-1].astype(jnp.float32)
+    return scores_from_logits(apply(config, params, tokens), tokens, targets)
+
+
+def scores_from_logits(logits, tokens, targets):
+    """(exact match [B], gold likelihood [B]) from logits [B, L, V] of ``tokens``."""
+    logits = logits[:, :-1].astype(jnp.float32)
     gold = tokens[:, 1:]
     mask = targets[:, 1:]
     log_probs = jax.nn.log_softmax(logits, axis=-1)
