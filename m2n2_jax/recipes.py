@@ -176,6 +176,7 @@ class RecipeArchive:
     capacity: jax.Array
     evaluated: int = 0
     inserted: int = 0
+    adaptive_capacity: bool = False  # c_j = best score any member reaches (continuous scores)
 
     @property
     def best_index(self) -> int:
@@ -193,14 +194,20 @@ def check_config(config: M2N2Config) -> None:
             "combinations of the seeds. Set mutation_std=0, as for merging pre-trained models.")
 
 
-def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None) -> RecipeArchive:
-    """Archive holding the K seeds (inserted in order into an empty archive, as strategy.init)."""
+def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None, adaptive_capacity: bool = False) -> RecipeArchive:
+    """Archive holding the K seeds (inserted in order into an empty archive, as strategy.init).
+
+    With ``adaptive_capacity`` the capacity c_j of datapoint j is the best score
+    any archive member (or the candidate being inserted) reaches on it, as the
+    paper does for continuous scores; otherwise ``capacity`` (default 1) is fixed.
+    """
     check_config(config)
     seed_scores = strategy.check_scores(seed_scores, bank.num_seeds, None)
     num_points = seed_scores.shape[1]
     capacity = jnp.ones((num_points,), jnp.float32) if capacity is None else jnp.asarray(capacity, jnp.float32)
     empty = zero_recipe(bank.num_seeds, bank.size)
-    archive = RecipeArchive((empty,) * config.archive_size, jnp.zeros((config.archive_size, num_points)), capacity)
+    archive = RecipeArchive((empty,) * config.archive_size, jnp.zeros((config.archive_size, num_points)), capacity,
+                            adaptive_capacity=adaptive_capacity)
     seeds = [seed_recipe(k, bank.num_seeds, bank.size) for k in range(bank.num_seeds)]
     return dataclasses.replace(tell(config, archive, seeds, seed_scores), evaluated=0)
 
@@ -239,15 +246,26 @@ def tell(config: M2N2Config, archive: RecipeArchive, children, scores) -> Recipe
     scores = strategy.check_scores(scores, len(children), archive.scores.shape[1])
     recipes, archive_scores, inserted = list(archive.recipes), archive.scores, archive.inserted
     slots = jnp.arange(len(recipes), dtype=jnp.float32)[:, None]
+    capacity = archive.capacity
     for child, child_scores in zip(children, scores):
         finite = jnp.asarray([0.0 if np.all(np.isfinite(child.coeffs)) else np.nan])
+        if archive.adaptive_capacity:
+            capacity = best_scores(jnp.concatenate([archive_scores, child_scores[None]]))
         _, archive_scores, ok, slot = _insert(slots, archive_scores, finite, child_scores,
-                                              archive.capacity, config.alpha)
+                                              capacity, config.alpha)
         if bool(ok):
             recipes[int(slot)] = child
             inserted += 1
-    return RecipeArchive(tuple(recipes), archive_scores, archive.capacity,
-                         archive.evaluated + len(children), inserted)
+    if archive.adaptive_capacity:
+        capacity = best_scores(archive_scores)
+    return RecipeArchive(tuple(recipes), archive_scores, capacity,
+                         archive.evaluated + len(children), inserted, archive.adaptive_capacity)
+
+
+def best_scores(scores) -> jax.Array:
+    """c_j = max_i S[i, j], or 1 where no model scores above zero."""
+    best = jnp.max(scores, axis=0)
+    return jnp.where(best > 0, best, 1.0)
 
 
 def archive_memory(bank: SeedBank, archive: RecipeArchive, working_copies: int = 1) -> dict:

@@ -48,7 +48,7 @@ def test_crossover_recipe_equals_dense_slerp():
                                            "children_per_step": 3}])
 def test_recipe_run_equals_dense_run(overrides):
     seeds, score = problem()
-    config = M2N2Config(archive_size=6, mutation_std=0.0, **overrides)
+    config = M2N2Config(archive_size=5, mutation_std=0.0, **overrides)
     seed_scores = score(jnp.asarray(seeds))
     dense = strategy.init(config, jnp.asarray(seeds), seed_scores)
     bank = recipes.SeedBank.build(seeds, block=8)
@@ -56,7 +56,7 @@ def test_recipe_run_equals_dense_run(overrides):
     key = jax.random.PRNGKey(3)
     ask = jax.jit(lambda k, s: strategy.ask(config, k, s))
     tell = jax.jit(lambda s, c, sc: strategy.tell(config, s, c, sc))
-    for step in range(20):
+    for step in range(14):
         k = jax.random.fold_in(key, step)
         children = ask(k, dense)
         dense = tell(dense, children, score(children))
@@ -90,3 +90,17 @@ def test_memory_of_twenty_members_is_below_k_plus_two_models():
     memory = recipes.archive_memory(bank, archive)
     assert memory["recipe_archive_bytes"] <= (2 + 2) * memory["dense_model_bytes"]
     assert memory["dense_archive_bytes"] >= 20 * memory["dense_model_bytes"]
+
+
+def test_adaptive_capacity_is_the_best_score_in_the_archive():
+    seeds, _ = problem()
+    rng = np.random.default_rng(5)
+    directions = rng.normal(size=(N, D)).astype(np.float32)
+    score = lambda x: jax.nn.sigmoid(jnp.asarray(x) @ directions.T)  # continuous scores in (0, 1)
+    config = M2N2Config(archive_size=4, mutation_std=0.0)
+    bank = recipes.SeedBank.build(seeds)
+    archive = recipes.init(config, bank, score(seeds), adaptive_capacity=True)
+    for step in range(5):
+        kids = recipes.ask(config, jax.random.PRNGKey(step), bank, archive)
+        archive = recipes.tell(config, archive, kids, score(np.stack([bank.materialise(r) for r in kids])))
+        np.testing.assert_allclose(archive.capacity, np.asarray(archive.scores).max(axis=0), rtol=1e-6)

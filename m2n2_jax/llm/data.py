@@ -3,7 +3,7 @@
 Each example is (prompt, answer) text. The generators are pure functions of a
 seed (numpy Generator), so the same seed gives the same data everywhere.
 
-- math: two or three steps of adding and taking away small numbers,
+- math: three or four steps of adding and taking away numbers up to 12,
   "ann has 3 pens . she gets 4 more . she gives away 2 . how many pens now ?" -> "5".
 - agent: WebShop-like; a goal and a page of items of distinct kinds; the right
   action is "click N" for the item of the goal's kind if its colour matches too,
@@ -22,16 +22,16 @@ NAMES = ("ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal")
 OBJECTS = ("pens", "apples", "cards", "coins", "books", "cups")
 COLOURS = ("red", "blue", "green", "black", "white", "pink")
 KINDS = ("shoes", "hat", "shirt", "bag", "lamp", "mug")
-MAX_NUMBER = 40
+MAX_NUMBER = 60
 NUM_ITEMS = 3
 
 
 def math_example(rng: np.random.Generator) -> tuple[str, str]:
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
-    value = int(rng.integers(1, 10))
+    value = int(rng.integers(1, 13))
     words = [name, "has", str(value), obj, "."]
-    for _ in range(int(rng.integers(2, 4))):
-        amount = int(rng.integers(1, 10))
+    for _ in range(int(rng.integers(3, 5))):
+        amount = int(rng.integers(1, 13))
         if rng.random() < 0.5 or value < amount:
             value += amount
             words += ["gets", str(amount), "more", "."]

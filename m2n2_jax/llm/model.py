@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import flax
 import flax.linen as nn
 
@@ -118,15 +119,30 @@ class Llama(nn.Module):
         return _dense(c.vocab_size, "lm_head")(x)
 
 
-def init_params(config: LlamaConfig, key) -> dict:
-    """Random parameters (normal, std 0.02; norms at 1) as a plain nested dict."""
-    variables = Llama(config).init(key, jnp.zeros((1, 2), jnp.int32))
-    return flax.core.unfreeze(variables["params"])
+def init_params(config: LlamaConfig, seed: int = 0) -> dict:
+    """Random parameters (normal, std 0.02; norms at 1) as a plain nested dict.
+
+    Drawn with numpy from the shapes Flax reports, which avoids compiling
+    Flax's initialisers (slow on a busy CPU).
+    """
+    shapes = jax.eval_shape(lambda: Llama(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if path[-1].key == "weight":  # RMSNorm scales
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, 0.02, leaf.shape), leaf.dtype)
+
+    return flax.core.unfreeze(jax.tree_util.tree_map_with_path(draw, shapes["params"]))
 
 
 def apply(config: LlamaConfig, params, tokens, attention_mask=None, positions=None):
     """Logits [B, T, V] of the model with ``params`` (the inner 'params' dict)."""
     return Llama(config).apply({"params": params}, tokens, attention_mask, positions)
+
+
+forward = jax.jit(apply, static_argnums=0)
+forward.__doc__ = "Jitted :func:`apply` (config is static)."
 
 
 def num_params(params) -> int:

@@ -38,15 +38,15 @@ class Settings:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     rope_theta: float = 10000.0
-    seq_len: int = 32
+    seq_len: int = 36
     train_examples: int = 6000
     test_examples: int = 300
     fitness_examples: int = 60   # per task, drawn from the training split
-    base_steps: int = 800        # a generalist: both tasks, answers included, under-trained
-    math_steps: int = 500
-    agent_steps: int = 800
+    base_steps: int = 1000       # a generalist: both tasks, answers included, under-trained
+    math_steps: int = 600
+    agent_steps: int = 1000
     learning_rate: float = 3e-3  # pre-training
-    finetune_learning_rate: float = 1e-3
+    finetune_learning_rate: float = 5e-4
     batch_size: int = 64
     budget: int = 1000           # forward passes for M2N2, its ablations and CMA-ES
     children_per_step: int = 4
@@ -100,7 +100,7 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False) -> dict:
         b = d["test"][task]
         return float(jnp.mean(score_batch(params, b.tokens, b.targets)))
 
-    init = model.init_params(config, jax.random.PRNGKey(s.seed))
+    init = model.init_params(config, s.seed)
     log(f"model: {model.num_params(init):,} parameters; pre-training the base on both tasks ({s.base_steps} steps)")
     base = trained(os.path.join(models_dir, "base"), config, tokenizer,
                    lambda: train.train(config, init, d["pretrain"], s.base_steps, s.seed, s.batch_size,
@@ -123,6 +123,7 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False) -> dict:
     seeds = jnp.stack([layout.ravel(specialists[t]) for t in TASKS])
     fit = d["fitness"]
     score_vector = jax.jit(lambda x: score_batch(layout.unravel(x), fit.tokens, fit.targets))
+    likelihood_vector = jax.jit(lambda x: generate.answer_scores(config, layout.unravel(x), fit.tokens, fit.targets)[1])
 
     def fitness(x):
         return float(jnp.mean(score_vector(x)))
@@ -164,14 +165,16 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False) -> dict:
 
     memory = None
     bank = recipes.SeedBank.build(np.asarray(seeds))
-    for method in M2N2_METHODS:
-        log(f"{method}: recipe archive, no mutation, {s.budget} forward passes")
+    for method, scores in [(m, "exact match") for m in M2N2_METHODS] + [("m2n2", "likelihood")]:
+        name = method if scores == "exact match" else f"{method} (likelihood fitness)"
+        log(f"{name}: recipe archive, no mutation, {s.budget} forward passes")
         config_m = method_config(method, mutation_std=0.0, children_per_step=s.children_per_step)
-        archive, curve = m2n2_merge(config_m, bank, score_vector, s.budget, s.seed)
+        archive, curve = m2n2_merge(config_m, bank, score_vector if scores == "exact match" else likelihood_vector,
+                                    s.budget, s.seed, adaptive_capacity=scores == "likelihood")
         best = archive.recipes[archive.best_index]
-        report(method, jnp.asarray(bank.materialise(best)), curve=curve, inserted=archive.inserted,
+        report(name, jnp.asarray(bank.materialise(best)), curve=curve, inserted=archive.inserted,
                segments=best.num_segments)
-        if method == "m2n2":
+        if name == "m2n2":
             memory = recipes.archive_memory(bank, archive)
             merged = layout.unravel(jnp.asarray(bank.materialise(best)))
 
@@ -209,11 +212,16 @@ def greedy_accuracy(config, params, batch, tokenizer) -> float:
     return right / len(out)
 
 
-def m2n2_merge(config, bank, score_vector, budget: int, seed: int):
-    """An M2N2 run over recipes; returns the archive and (forward passes, best fitness) points."""
+def m2n2_merge(config, bank, score_vector, budget: int, seed: int, adaptive_capacity: bool = False):
+    """An M2N2 run over recipes; returns the archive and (forward passes, best mean score) points.
+
+    With continuous scores (likelihood) set ``adaptive_capacity``: c_j is then
+    the best score any archive member reaches on datapoint j.
+    """
     seed_vectors = [jnp.asarray(bank.materialise(recipes.seed_recipe(k, bank.num_seeds, bank.size)))
                     for k in range(bank.num_seeds)]
-    archive = recipes.init(config, bank, jnp.stack([score_vector(x) for x in seed_vectors]))
+    archive = recipes.init(config, bank, jnp.stack([score_vector(x) for x in seed_vectors]),
+                           adaptive_capacity=adaptive_capacity)
     key = jax.random.PRNGKey(seed)
     curve, buffer = [], np.empty(bank.size, np.float32)
     while archive.evaluated < budget:
