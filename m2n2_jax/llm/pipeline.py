@@ -43,10 +43,10 @@ class Settings:
     test_examples: int = 300
     fitness_examples: int = 60   # per task, drawn from the training split
     base_steps: int = 1000       # a generalist: both tasks, answers included, under-trained
-    math_steps: int = 600
+    math_steps: int = 500
     agent_steps: int = 1000
     learning_rate: float = 3e-3  # pre-training
-    finetune_learning_rate: float = 5e-4
+    finetune_learning_rate: float = 2e-4
     batch_size: int = 64
     budget: int = 1000           # forward passes for M2N2, its ablations and CMA-ES
     children_per_step: int = 4
