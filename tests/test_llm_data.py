@@ -24,7 +24,7 @@ def solve_agent(prompt: str) -> str:
     items = re.findall(r"\[(\d)\] (\w+) (\w+)", prompt)
     for slot, colour, kind in items:
         if (colour, kind) == goal:
-            return f"click {slot}"
+            return f"click [{slot}]"
     assert any(kind == goal[1] for _, _, kind in items)
     return "next page"
 

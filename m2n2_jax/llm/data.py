@@ -6,7 +6,7 @@ seed (numpy Generator), so the same seed gives the same data everywhere.
 - math: three or four steps of adding and taking away numbers up to 12,
   "ann has 3 pens . she gets 4 more . she gives away 2 . how many pens now ?" -> "5".
 - agent: WebShop-like; a goal and a page of items of distinct kinds; the right
-  action is "click N" for the item of the goal's kind if its colour matches too,
+  action is "click [N]" for the item of the goal's kind if its colour matches too,
   else "next page".
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def agent_example(rng: np.random.Generator) -> tuple[str, str]:
         c = colour if (i == slot and available) else rng.choice([x for x in COLOURS if x != colour or i != slot])
         words += [f"[{i + 1}]", str(c), k]
     words += [";", "action", ":"]
-    return " ".join(words), (f"click {slot + 1}" if available else "next page")
+    return " ".join(words), (f"click [{slot + 1}]" if available else "next page")
 
 
 GENERATORS = {"math": math_example, "agent": agent_example}

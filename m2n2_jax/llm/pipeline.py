@@ -46,7 +46,7 @@ class Settings:
     math_steps: int = 500
     agent_steps: int = 1000
     learning_rate: float = 3e-3  # pre-training
-    finetune_learning_rate: float = 2e-4
+    finetune_learning_rate: float = 5e-4
     batch_size: int = 64
     budget: int = 1000           # forward passes for M2N2, its ablations and CMA-ES
     children_per_step: int = 4
