@@ -47,6 +47,7 @@ class Settings:
     agent_steps: int = 1000
     learning_rate: float = 3e-3  # pre-training
     finetune_learning_rate: float = 5e-4
+    replay_weight: float = 0.0   # > 0: fine-tuning also replays the base's data (less forgetting)
     batch_size: int = 64
     budget: int = 1000           # forward passes for M2N2, its ablations and CMA-ES
     children_per_step: int = 4
@@ -113,7 +114,8 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False) -> dict:
         specialists[task] = trained(os.path.join(models_dir, task), config, tokenizer,
                                     lambda: train.train(config, base, d["train"][task], steps,
                                                         s.seed + 1 + i, s.batch_size, s.finetune_learning_rate, log=log,
-                                                        log_every=250),
+                                                        log_every=250, replay=d["pretrain"],
+                                                        replay_weight=s.replay_weight),
                                     retrain)
         log(f"{task} specialist: math {accuracy(specialists[task], 'math'):.3f}, "
             f"agent {accuracy(specialists[task], 'agent'):.3f}")
@@ -318,9 +320,11 @@ def main(argv=None) -> int:
     parser.add_argument("--math-steps", type=int, default=Settings.math_steps, help="fine-tuning steps of the math specialist")
     parser.add_argument("--agent-steps", type=int, default=Settings.agent_steps, help="fine-tuning steps of the agent specialist")
     parser.add_argument("--base-steps", type=int, default=Settings.base_steps)
+    parser.add_argument("--replay-weight", type=float, default=Settings.replay_weight,
+                        help="weight of the replayed pre-training loss during fine-tuning (default 0: none)")
     args = parser.parse_args(argv)
     settings = Settings(budget=args.budget, math_steps=args.math_steps, agent_steps=args.agent_steps,
-                        base_steps=args.base_steps)
+                        base_steps=args.base_steps, replay_weight=args.replay_weight)
     try:
         run(settings, args.out, args.models, args.retrain)
     except M2N2Error as error:
