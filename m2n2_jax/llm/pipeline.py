@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import jax
@@ -89,7 +90,8 @@ def trained(path: str, config, tokenizer, make, retrain: bool):
     return params
 
 
-def run(s: Settings, out: str, models_dir: str, retrain: bool = False) -> dict:
+def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
+        command: str = "python experiments/llm_merge.py --out docs/results/llm-merge") -> dict:
     t_start = time.time()
     tokenizer = data.make_tokenizer()
     config = llama_config(s, tokenizer)
@@ -191,7 +193,7 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False) -> dict:
     log(f"reloaded logits identical: {logits_equal}; greedy-decoding accuracy of the reloaded merge: "
         f"math {greedy['math']:.3f}, agent {greedy['agent']:.3f}")
 
-    results = {"settings": dataclasses.asdict(s), "num_params": layout.size, "methods": rows,
+    results = {"command": command, "settings": dataclasses.asdict(s), "num_params": layout.size, "methods": rows,
                "memory": {**memory, **seven_b_arithmetic()}, "checkpoint_round_trip_logits_identical": logits_equal,
                "greedy_accuracy_of_reloaded_m2n2_merge": greedy, "seconds": time.time() - t_start}
     os.makedirs(out, exist_ok=True)
@@ -271,7 +273,7 @@ def write_table(path: str, results: dict) -> None:
     mem = results["memory"]
     lines = ["# Merging a math and an agent specialist (tiny Llama, CPU)", "",
              "Command (regenerates this directory; about 15-25 minutes on a 2-core CPU):", "",
-             "    python experiments/llm_merge.py --out docs/results/llm-merge", "",
+             f"    {results['command']}", "",
              f"Model: {results['num_params']:,} parameters (Llama architecture). Held-out exact-match accuracy "
              f"({results['settings']['test_examples']} problems per task); fitness = exact match on "
              f"{results['settings']['fitness_examples']} training problems per task; "
@@ -326,7 +328,8 @@ def main(argv=None) -> int:
     settings = Settings(budget=args.budget, math_steps=args.math_steps, agent_steps=args.agent_steps,
                         base_steps=args.base_steps, replay_weight=args.replay_weight)
     try:
-        run(settings, args.out, args.models, args.retrain)
+        command = " ".join(["python experiments/llm_merge.py"] + list(sys.argv[1:] if argv is None else argv))
+        run(settings, args.out, args.models, args.retrain, command)
     except M2N2Error as error:
         print(f"error: {error}")
         return 2
