@@ -1,0 +1,1 @@
+"""Language models for merging: a Flax Llama, HF safetensors I/O, data and scoring."""
