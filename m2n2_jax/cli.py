@@ -200,7 +200,8 @@ def cmd_evolve(args) -> int:
     record = results.results_record(
         method=method, task=task.name, seeds=seeds, forward_passes=res.forward_passes,
         metrics=res.metrics, wall_seconds=res.wall_seconds,
-        config={**res.config, **settings, "forward_passes": forward_passes, "task_info": task.info},
+        config={**res.config, **{k: v for k, v in settings.items() if v is not None},
+                "forward_passes": forward_passes, "task_info": task.info},
         extra={**res.extra, "peak_rss_mb": round(peak_mb, 1)})
     results_path = os.path.join(out, "results.json")
     results.write_json(results_path, record)
