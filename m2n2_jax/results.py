@@ -104,10 +104,12 @@ def plot_curves(path: str, records: Sequence[dict], title: str | None = None) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    budgets = {rec["forward_passes"][-1] for rec in records}
     for rec in records:
         fps = np.asarray(rec["forward_passes"])
         mean, sem = mean_and_sem(rec["test_accuracy"])
-        line, = ax.plot(fps, mean, label=f"{rec['method']} ({mean[-1]:.3f})", lw=1.6)
+        budget = f" at {fps[-1]:,} fp" if len(budgets) > 1 else ""  # say so when budgets differ
+        line, = ax.plot(fps, mean, label=f"{rec['method']} ({mean[-1]:.3f}{budget})", lw=1.6)
         ax.fill_between(fps, mean - sem, mean + sem, color=line.get_color(), alpha=0.2, lw=0)
     runs = {len(r["seeds"]) for r in records}
     ax.set_xlabel("forward passes")
