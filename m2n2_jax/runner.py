@@ -106,17 +106,22 @@ def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_mod
         raise ConfigError("at least one run is needed (got 0 run seeds); pass --runs 1 or more.")
 
     def one(seed):
-        key = jax.random.PRNGKey(seed)
-        if seed_models is None:
-            key, k_a, k_b = jax.random.split(key, 3)
-            seeds = jnp.stack([task.random_seed(k_a), task.random_seed(k_b)])
-        else:
-            seeds = jnp.asarray(seed_models)
+        key, seeds = run_start(task, seed, seed_models)
         scores = evaluate(task.score_vector, seeds, 1)
         return strategy.init(config, seeds, scores, task.capacity), key
 
     archive, keys = jax.jit(jax.vmap(one))(jnp.asarray(run_seeds, jnp.uint32))
     return RunsState(archive=archive, key=keys, step=jnp.zeros((), jnp.int32))
+
+
+def run_start(task: Task, seed, seed_models=None):
+    """(key, seeds [K, D]) of a run: PRNGKey(seed) split into (key, k_1, k_2), the two
+    N(0, 0.01^2) seeds drawn from k_1, k_2 as the reference does; or the given models."""
+    key = jax.random.PRNGKey(seed)
+    if seed_models is not None:
+        return key, jnp.asarray(seed_models)
+    key, k_a, k_b = jax.random.split(key, 3)
+    return key, jnp.stack([task.random_seed(k_a), task.random_seed(k_b)])
 
 
 def step_keys(config: M2N2Config, key):

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import crossover as xo
 from .. import runner
+from ..runner import run_start
 from ..errors import ConfigError
 from ..tasks.base import Task
 from .driver import BaselineResult, drive
@@ -97,12 +98,7 @@ def make_child(state: GridState, key, mutation_std: float, use_split_point: bool
 
 def init_run(task: Task, seed, seed_models=None, bins: int = BINS) -> GridState:
     """Grid of one run holding its seeds (two N(0, 0.01^2) draws as M2N2's, or the given models)."""
-    key = jax.random.PRNGKey(seed)
-    if seed_models is None:
-        key, k_a, k_b = jax.random.split(key, 3)
-        seeds = jnp.stack([task.random_seed(k_a), task.random_seed(k_b)])
-    else:
-        seeds = jnp.asarray(seed_models)
+    key, seeds = run_start(task, seed, seed_models)
     state = empty_grid(task.num_params, key, bins, seeds.dtype)
     for i in range(seeds.shape[0]):
         state = insert(state, seeds[i], task.score_vector(seeds[i]), task.train_labels, bins)
