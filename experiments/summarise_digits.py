@@ -40,7 +40,9 @@ def main(root):
     if os.path.exists(os.path.join(fresh, "results.json")):
         rec = load(fresh)
         ref = anchors["natural_niches_fresh_seeds_100_119"]
-        lines += ["## Statistical fidelity: 20 fresh seeds (100-119), engine key order vs authors' code", "",
+        precision = rec["config"].get("matmul_precision", "float32")
+        lines += [f"## Statistical fidelity: 20 fresh seeds (100-119), engine key order, {precision} scoring, "
+                  "vs authors' code", "",
                   "| forward passes | engine mean ± se | authors' code mean ± se | difference / combined se | within 3 se |",
                   "|---:|---:|---:|---:|:---:|"]
         for fp in CHECKPOINTS:
@@ -55,7 +57,9 @@ def main(root):
                            "ga-no-crossover"] if os.path.exists(os.path.join(root, m, "results.json"))]
     records = [load(os.path.join(root, m)) for m in methods]
     if records:
+        precisions = sorted({r["config"].get("matmul_precision", "float32") for r in records})
         lines += ["## All methods, seeds 42-51 (10 runs each)", "",
+                  f"Children scored with {' and '.join(precisions)} matmuls; test accuracy in float32.", "",
                   "| method | " + " | ".join(f"{fp // 1000}k" for fp in CHECKPOINTS) +
                   " | paper at 50k | first fp >= 0.85 (runs reaching) | wall s |",
                   "|---|" + "---:|" * len(CHECKPOINTS) + "---:|---:|---:|"]

@@ -4,7 +4,9 @@ Every setting is measured in the same process, interleaved over repeats
 (these machines are noisy), and reported as forward passes per second and as
 a ratio to the per-child Python loop. A dense-GEMM measurement gives the
 machine's FLOP ceiling for context: no evaluator of the digits MLP can beat
-peak_flops / flops_per_forward_pass.
+peak_flops / flops_per_forward_pass. Rows marked "bf16 scoring" score children
+with bfloat16 matmuls (``matmul_precision="bfloat16"``) and are compared with
+the bfloat16 GEMM ceiling; all other rows, and the loop, are float32.
 """
 from __future__ import annotations
 
@@ -21,21 +23,29 @@ from .config import M2N2Config
 from .per_child_loop import PerChildLoop
 from .tasks import digits_task
 
-# (label, runs, children per step, eval batch size)
+# (label, runs, children per step, eval batch size, matmul precision of the scores, all devices?)
 ENGINE_SETTINGS = [
-    ("engine, 1 run, B=1", 1, 1, 1),
-    ("engine, 10 runs, B=1", 10, 1, 2),
-    ("engine, 1 run, B=16", 1, 16, 2),
-    ("engine, 10 runs, B=4", 10, 4, 2),
-    ("engine, 20 runs, B=4", 20, 4, 4),
+    ("engine, 1 run, B=1", 1, 1, 1, "float32", False),
+    ("engine, 10 runs, B=1", 10, 1, 1, "float32", False),
+    ("engine, 10 runs, B=1, {n} CPU devices", 10, 1, 1, "float32", True),
+    ("engine, 1 run, B=16", 1, 16, 1, "float32", False),
+    ("engine, 20 runs, B=4, {n} CPU devices", 20, 4, 1, "float32", True),
+    ("engine, 1 run, B=16, bf16 scoring", 1, 16, 1, "bfloat16", False),
+    ("engine, 10 runs, B=1, {n} CPU devices, bf16 scoring", 10, 1, 1, "bfloat16", True),
+]
+# (label, children, eval batch size, matmul precision)
+EVAL_SETTINGS = [
+    ("evaluation only, 20 children, lax.map(batch_size=4)", 20, 4, "float32"),
+    ("evaluation only, 20 children, lax.map(batch_size=4), bf16 scoring", 20, 4, "bfloat16"),
 ]
 
 
-def _engine_timer(task, runs, batch, eval_batch, forward_passes):
+def _engine_timer(task, runs, batch, eval_batch, forward_passes, devices=None):
     config = M2N2Config(children_per_step=batch)
     steps_per_log = max(1, 100 // batch)
     num_logs = max(1, forward_passes // (steps_per_log * batch))
-    chunk = runner.make_chunk(config, task, steps_per_log, eval_batch)
+    mesh = runner.device_mesh(devices, runs, batch) if devices else None
+    chunk = runner.make_chunk(config, task, steps_per_log, eval_batch, mesh=mesh)
     state = runner.init_runs(config, task, list(range(runs)))
     state, _ = chunk(state, num_logs)  # compile and warm up
     jax.block_until_ready(state)
@@ -78,9 +88,10 @@ def _loop_timer(task, forward_passes):
     return measure
 
 
-def gemm_gflops(size: int = 2048, reps: int = 5) -> float:
-    a = jnp.ones((size, size), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
+def gemm_gflops(size: int = 2048, reps: int = 5, dtype=jnp.float32) -> float:
+    """Dense size^3 GEMM rate; bfloat16 operands accumulate in float32."""
+    a = jnp.ones((size, size), dtype)
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     jax.block_until_ready(f(a))
     t = time.perf_counter()
     for _ in range(reps):
@@ -97,33 +108,50 @@ def mlp_flops_per_forward(task) -> float:
 
 def run_benchmark(forward_passes: int = 2000, loop_forward_passes: int = 300, repeats: int = 3,
                   out: str | None = None) -> dict:
-    task = digits_task()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; "
+    tasks = {p: digits_task(matmul_precision=p) for p in ("float32", "bfloat16")}
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
+          f"{jax.device_count()} devices; "
           f"{repeats} interleaved repeats, best of each reported", flush=True)
-    timers = {"per-child Python loop (reference procedure)": _loop_timer(task, loop_forward_passes)}
-    for label, runs, batch, eval_batch in ENGINE_SETTINGS:
-        timers[label] = _engine_timer(task, runs, batch, eval_batch, forward_passes)
-    timers["evaluation only, 20 children, lax.map(batch_size=4)"] = _eval_only_timer(task, 20, 4, forward_passes)
+    loop_label = "per-child Python loop (reference procedure)"
+    timers = {loop_label: _loop_timer(tasks["float32"], loop_forward_passes)}
+    precision = {loop_label: "float32"}
+    devices = jax.devices()
+    for label, runs, batch, eval_batch, prec, all_devices in ENGINE_SETTINGS:
+        if all_devices and len(devices) == 1:
+            continue  # one device: the single-device rows say it all
+        label = label.format(n=len(devices))
+        timers[label] = _engine_timer(tasks[prec], runs, batch, eval_batch, forward_passes,
+                                      devices if all_devices else None)
+        precision[label] = prec
+    for label, children, eval_batch, prec in EVAL_SETTINGS:
+        timers[label] = _eval_only_timer(tasks[prec], children, eval_batch, forward_passes)
+        precision[label] = prec
     samples = {label: [] for label in timers}
-    gemm = []
+    gemm = {"float32": [], "bfloat16": []}
     for rep in range(repeats):
-        gemm.append(gemm_gflops())
+        for prec in gemm:
+            gemm[prec].append(gemm_gflops(dtype=jnp.dtype(prec)))
         for label, measure in timers.items():
             samples[label].append(measure())
         print(f"  repeat {rep + 1}/{repeats} done", flush=True)
     best = {label: max(v) for label, v in samples.items()}
-    loop = best["per-child Python loop (reference procedure)"]
-    ceiling = max(gemm) * 1e9 / mlp_flops_per_forward(task)
-    rows = [(label, fps, fps / loop, fps / ceiling) for label, fps in best.items()]
+    loop = best[loop_label]
+    flops = mlp_flops_per_forward(tasks["float32"])
+    ceiling = {prec: max(v) * 1e9 / flops for prec, v in gemm.items()}
+    rows = [(label, fps, fps / loop, fps / ceiling[precision[label]]) for label, fps in best.items()]
     table = ["| setting | forward passes / s | vs loop | of FLOP ceiling |", "|---|---:|---:|---:|"]
     table += [f"| {label} | {fps:,.0f} | {ratio:.1f}x | {frac:.0%} |" for label, fps, ratio, frac in rows]
-    table.append(f"\nFLOP ceiling: dense 2048^3 GEMM at {max(gemm):.0f} GFLOP/s / "
-                 f"{mlp_flops_per_forward(task) / 1e6:.1f} MFLOP per forward pass = {ceiling:,.0f} forward passes/s.")
+    table.append(f"\nFLOP ceiling: dense 2048^3 GEMM at {max(gemm['float32']):.0f} GFLOP/s (float32) and "
+                 f"{max(gemm['bfloat16']):.0f} GFLOP/s (bfloat16 operands, float32 accumulation) / "
+                 f"{flops / 1e6:.1f} MFLOP per forward pass = {ceiling['float32']:,.0f} and "
+                 f"{ceiling['bfloat16']:,.0f} forward passes/s. bf16 rows use the bfloat16 ceiling.")
     text = "\n".join(table)
     print(text)
     record = {"forward_passes_per_second": best, "samples": samples, "ratio_to_loop":
-              {label: ratio for label, _, ratio, _ in rows}, "gemm_gflops": max(gemm),
-              "flop_ceiling_fp_per_s": ceiling, "jax": jax.__version__, "cpu_count": os.cpu_count()}
+              {label: ratio for label, _, ratio, _ in rows}, "matmul_precision": precision,
+              "gemm_gflops": {p: max(v) for p, v in gemm.items()},
+              "flop_ceiling_fp_per_s": ceiling, "jax": jax.__version__, "cpu_count": os.cpu_count(),
+              "device_count": jax.device_count()}
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.json"), "w") as f:

