@@ -69,6 +69,12 @@ def main(root):
             reach_txt = f"{int(np.median(reach)):,} ({len(reach)}/{len(rec['seeds'])})" if reach else f"- (0/{len(rec['seeds'])})"
             paper = f"{PAPER_50K[m]:.2f}" if m in PAPER_50K else "-"
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {paper} | {reach_txt} | {rec['wall_seconds']:.0f} |")
+        lines += ["", "How each ran (float results depend on the evaluation batch, so trajectories can differ "
+                  "in the last bits between settings): " + "; ".join(
+                      f"{m}: eval batch {r['execution']['eval_batch_size']} on {r['execution']['devices']} "
+                      f"device(s){' by ' + r['execution']['sharding'] if r['execution']['sharding'] else ''}"
+                      if "execution" in r else f"{m}: not recorded"
+                      for m, r in zip(methods, records)) + "."]
         order = sorted(PAPER_50K, key=PAPER_50K.get, reverse=True)
         got = [m for m in order if m in methods]
         finals = {m: at(r, CHECKPOINTS[-1])[0] for m, r in zip(methods, records)}

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'reference' follows the authors' PRNG key order exactly (needs --batch 1)")
     ev.add_argument("--noise", choices=("hash", "threefry"), help="mutation-noise generator (default hash)")
     ev.add_argument("--eval-batch-size", type=_positive_int,
-                    help="children per jax.lax.map batch during evaluation (default: near 2)")
+                    help="children per jax.lax.map batch during evaluation (default: 1 on CPUs, all on GPUs and TPUs)")
     ev.add_argument("--hidden", type=_positive_int, help="hidden units of the MLP (default 256, as the paper)")
     ev.add_argument("--matmul-precision", choices=("float32", "bfloat16"),
                     help="precision of the matmuls that score children on the training set (default float32). "

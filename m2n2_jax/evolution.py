@@ -39,6 +39,8 @@ class EvolutionResult:
     metrics: dict[str, np.ndarray]
     wall_seconds: float
     state: runner.RunsState
+    # how it ran (eval batch size, devices, sharding): float results can depend on these
+    execution: dict = dataclasses.field(default_factory=dict)
 
     def best_vectors(self) -> np.ndarray:
         """[R, D] the best member (highest mean training score) of each run."""
@@ -170,7 +172,10 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     wall = elapsed_before + time.perf_counter() - start
     fps = [i * fp_per_log for i in range(num_logs + 1)]
     metrics = {k: np.stack(v, axis=1) for k, v in history.items()}
-    return EvolutionResult(config, task.name, seeds, fps, metrics, wall, state)
+    execution = {"platform": jax.default_backend(), "eval_batch_size": int(eval_batch_size),
+                 "devices": 1 if mesh is None else int(mesh.devices.size),
+                 "sharding": None if mesh is None else mesh.axis_names[0]}
+    return EvolutionResult(config, task.name, seeds, fps, metrics, wall, state, execution)
 
 
 def _progress_bar(progress, total: int, runs: int, initial: int = 0):

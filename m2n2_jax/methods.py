@@ -68,7 +68,7 @@ def run_method(method: str, task: Task, seeds: Sequence[int], forward_passes: in
                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                      checkpoint_seconds=checkpoint_seconds, resume=resume, identity_extra=identity_extra)
         return BaselineResult(method, res.seeds, res.forward_passes, res.metrics, res.wall_seconds,
-                              config.to_dict(), res.best_vectors())
+                              config.to_dict(), res.best_vectors(), extra={"execution": res.execution})
     extra_ok = {"map-elites": {"mutation_std"}}.get(method, set())
     if set(overrides) - extra_ok or (batch != 1 and method != "brute-force"):
         bad = sorted(set(overrides) - extra_ok) + (["batch"] if batch != 1 else [])

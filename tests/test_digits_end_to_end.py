@@ -1,5 +1,6 @@
 """A short real digits run improves clearly over its seeds; the CLI writes its files."""
 import json
+import os
 import subprocess
 import sys
 
@@ -33,6 +34,14 @@ def test_cli_evolve_writes_results_and_plot(tmp_path):
     assert rec["final_test_accuracy"] == [c[-1] for c in rec["test_accuracy"]]
     assert rec["config"]["alpha"] == 0.0 and rec["config"]["use_attraction"] is False
     assert rec["wall_seconds"] > 0
+    # the CLI splits a CPU into one device per core (at most 8), then shards 2 runs x 4 children
+    # by runs if that keeps as many devices busy as sharding the children
+    devices = min(os.cpu_count() or 1, 8)
+    by_runs = max(n for n in range(1, devices + 1) if 2 % n == 0)
+    by_children = max(n for n in range(1, devices + 1) if 8 % n == 0)
+    want = (1, None) if by_children == 1 else (by_children, "runs" if by_runs == by_children else "children")
+    assert (rec["execution"]["devices"], rec["execution"]["sharding"]) == want
+    assert rec["execution"]["eval_batch_size"] == 1
     assert (out / "curves.png").stat().st_size > 1000
     assert np.load(out / "best_models.npz")["best_vectors"].shape == (2, 19210)
     again = run_cli("evolve", "--forward-passes", "400", "--out", str(out), "--quiet")
