@@ -160,7 +160,7 @@ def cmd_evolve(args) -> int:
     import numpy as np
 
     from . import results
-    from .methods import DEFAULT_FORWARD_PASSES, check_method, run_method
+    from .methods import CHECKPOINTING_METHODS, DEFAULT_FORWARD_PASSES, check_method, run_method
     from .tasks import get_task
 
     settings = resolve_settings(args)
@@ -193,13 +193,13 @@ def cmd_evolve(args) -> int:
           f"seeds={seeds[0]}..{seeds[-1]} forward_passes={forward_passes} batch={settings['batch']} -> {out}"
           f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
     checkpointing = {}
-    if method in METHODS and not args.no_checkpoint:
+    if method in CHECKPOINTING_METHODS and not args.no_checkpoint:
         checkpointing = dict(checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
                              checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
                              identity_extra={"cli": settings})
-    elif method not in METHODS and not args.no_checkpoint:
-        print(f"m2n2 evolve: note: {method} runs without checkpoints (only the M2N2 family checkpoints today).",
-              file=sys.stderr)
+    elif not args.no_checkpoint:
+        print(f"m2n2 evolve: note: {method} runs without checkpoints ("
+              f"{'one run at a time' if method == 'cma-es' else 'one quick sweep'}).", file=sys.stderr)
     res = run_method(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
                      batch=settings["batch"], eval_batch_size=settings["eval_batch_size"], progress=not args.quiet,
                      key_order=settings["key_order"], sigma=settings["sigma"], archive_size=settings["archive_size"],

@@ -21,6 +21,8 @@ BASELINES = ES_NAMES + ("map-elites", "brute-force")
 ALL_METHODS = tuple(METHODS) + BASELINES
 INITS = ("scratch", "pretrained")
 # Budgets of the paper: 50k forward passes from scratch, 10k when merging pre-trained models.
+# Methods that save checkpoints and resume (full CMA-ES runs one run at a time; brute force is one sweep).
+CHECKPOINTING_METHODS = tuple(METHODS) + tuple(m for m in BASELINES if m not in ("cma-es", "brute-force"))
 DEFAULT_FORWARD_PASSES = {"scratch": 50_000, "pretrained": 10_000}
 
 
@@ -75,17 +77,23 @@ def run_method(method: str, task: Task, seeds: Sequence[int], forward_passes: in
         raise ConfigError(f"{method} does not take {', '.join(bad)}; those options are for the M2N2 family.")
     if sigma is not None and method not in ES_NAMES:
         raise ConfigError(f"--sigma is for the evosax strategies ({', '.join(ES_NAMES)}), not {method}.")
+    from .chunk_loop import Checkpointing
+
+    checkpointing = Checkpointing(checkpoint_dir, checkpoint_every, checkpoint_seconds, resume)
     if method in ES_NAMES:
         from .baselines.evosax_es import run_es
 
         return run_es(method, task, seeds, forward_passes, log_every=log_every, sigma=sigma,
-                      eval_batch_size=eval_batch_size or 2, progress=progress)
+                      eval_batch_size=eval_batch_size or 2, progress=progress, checkpointing=checkpointing,
+                      identity_extra=identity_extra)
     if method == "map-elites":
         from .baselines.map_elites import run_map_elites
 
         return run_map_elites(task, seeds, forward_passes, mutation_std=overrides.get("mutation_std", 0.01),
                               seed_models=seed_models, log_every=log_every, eval_batch_size=eval_batch_size,
-                              progress=progress)
+                              progress=progress, checkpointing=checkpointing, identity_extra=identity_extra)
+    if checkpointing.directory:
+        raise ConfigError(f"{method} does not checkpoint (it is one quick sweep); pass --no-checkpoint.")
     from .baselines.brute_force import run_brute_force
 
     return run_brute_force(task, seeds, forward_passes, seed_models=seed_models)

@@ -9,7 +9,6 @@ and returns the same curves as :func:`m2n2_jax.evolve`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Callable
 
@@ -17,6 +16,7 @@ import jax
 import numpy as np
 
 from .. import runner
+from ..chunk_loop import Checkpointing, restore, run_chunks
 from ..evolution import _progress_bar
 
 
@@ -37,42 +37,58 @@ class BaselineResult:
         return self.best
 
 
-def make_chunk(step: Callable, log: Callable, steps_per_log: int):
-    """jit(state, num_logs) -> (state, metrics [num_logs, R])."""
+def baseline_identity(config: dict, task, seeds, forward_passes: int, log_every: int | None,
+                      extra: dict | None = None) -> dict:
+    """What a baseline's checkpoint must agree on to be resumed (JSON-serialisable)."""
+    return {"config": config, "task": task.name, "seeds": [int(s) for s in seeds],
+            "forward_passes": int(forward_passes), "log_every": log_every, **(extra or {})}
+
+
+def make_chunk(step: Callable, log: Callable, steps_per_log: int, donate: bool = True):
+    """jit(state, num_logs) -> (state, metrics [num_logs, R]).
+
+    donate: reuse the input state's memory (no second copy of a large state);
+    off when checkpointing, which may still need the state a chunk was given.
+    """
 
     def interval(state, _):
         state = jax.lax.fori_loop(0, steps_per_log, lambda _, s: step(s), state)
         return state, log(state)
 
-    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)  # no second copy of the state
     def chunk(state, num_logs: int):
         return jax.lax.scan(interval, state, None, length=num_logs)
 
-    return chunk
+    return jax.jit(chunk, static_argnums=1, donate_argnums=0 if donate else ())
 
 
 def drive(state, step: Callable, log: Callable, *, forward_passes: int, fp_per_step: int,
           log_every: int | None, progress=False, runs: int = 1, start: float | None = None,
-          chunk_forward_passes: int = 2000):
-    """(forward_passes [L], metrics {name: [R, L]}, wall seconds, final state)."""
+          chunk_forward_passes: int = 2000, checkpointing: Checkpointing = Checkpointing(),
+          identity: dict | None = None):
+    """(forward_passes [L], metrics {name: [R, L]}, wall seconds, final state).
+
+    With ``checkpointing.directory`` the state and curves are saved as the
+    engine saves them (see chunk_loop); ``checkpointing.resume`` continues from
+    the newest good checkpoint, refusing one whose ``identity`` differs.
+    """
     start = time.perf_counter() if start is None else start
+    checkpointing = checkpointing.checked()
     steps, steps_per_log = runner.plan_logging(forward_passes, fp_per_step, log_every)
+    if checkpointing.every is not None:
+        chunk_forward_passes = min(chunk_forward_passes, checkpointing.every)
     num_logs = steps // steps_per_log
-    chunk = make_chunk(step, log, steps_per_log)
+    fp_per_log = steps_per_log * fp_per_step
+    chunk = make_chunk(step, log, steps_per_log, donate=checkpointing.directory is None)
     sizes = runner.chunk_sizes(num_logs, runner.logs_per_chunk_for(steps_per_log, fp_per_step,
                                                                      chunk_forward_passes))
     history = {k: [np.asarray(v)] for k, v in jax.device_get(jax.jit(log)(state)).items()}
-    bar = _progress_bar(progress, forward_passes, runs)
-    done = 0
-    for size in sizes:
-        state, logged = chunk(state, size)
-        logged = jax.device_get(logged)
-        for k, v in logged.items():
-            history[k].extend(np.asarray(v))
-        done += size * steps_per_log * fp_per_step
-        if bar is not None:
-            bar(done, forward_passes, {k: np.asarray(v[-1]) for k, v in logged.items()})
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - start
-    fps = [0] + [(i + 1) * steps_per_log * fp_per_step for i in range(num_logs)]
+    done_logs, elapsed_before = 0, 0.0
+    if checkpointing.resume:
+        state, history, done_logs, elapsed_before = restore(checkpointing.directory, state, identity or {})
+    bar = _progress_bar(progress, forward_passes, runs, done_logs * fp_per_log)
+    state, wall = run_chunks(chunk, state, history, num_logs=num_logs, sizes=sizes, fp_per_log=fp_per_log,
+                             forward_passes=forward_passes, bar=bar, checkpointing=checkpointing,
+                             identity=identity or {}, done_logs=done_logs, elapsed_before=elapsed_before,
+                             start=start)
+    fps = [i * fp_per_log for i in range(num_logs + 1)]
     return fps, {k: np.stack(v, axis=1) for k, v in history.items()}, wall, state

@@ -32,7 +32,8 @@ from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 from .. import runner
 from ..errors import ConfigError
 from ..tasks.base import Task
-from .driver import BaselineResult, drive
+from ..chunk_loop import Checkpointing
+from .driver import BaselineResult, baseline_identity, drive
 
 POPULATION = 20
 START_STD = 0.01
@@ -195,8 +196,13 @@ def make_log(task: Task, batched: bool):
 
 def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *,
            log_every: int | None = None, sigma: float | None = None, eval_batch_size: int = 2,
-           progress=False, eigen_every: int | None = None) -> BaselineResult:
-    """R = len(seeds) runs of an evosax strategy for ``forward_passes`` evaluations each."""
+           progress=False, eigen_every: int | None = None, checkpointing: Checkpointing = Checkpointing(),
+           identity_extra: dict | None = None) -> BaselineResult:
+    """R = len(seeds) runs of an evosax strategy for ``forward_passes`` evaluations each.
+
+    checkpointing: save and resume as the engine does (batched strategies only;
+    full CMA-ES runs one run at a time and does not checkpoint).
+    """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("at least one run is needed; pass --runs 1 or more.")
@@ -214,11 +220,16 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
     log = make_log(task, spec.batched)
     if spec.batched:
         state = jax.jit(jax.vmap(lambda s: init_run(es, params, spec, task, s)))(jnp.asarray(seeds, jnp.uint32))
+        identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
         fps, metrics, wall, state = drive(state, step, log, forward_passes=forward_passes, fp_per_step=POPULATION,
-                                          log_every=log_every, progress=progress, runs=len(seeds), start=start)
+                                          log_every=log_every, progress=progress, runs=len(seeds), start=start,
+                                          checkpointing=checkpointing, identity=identity)
         best = np.asarray(state.es.best_solution)
         return BaselineResult(method, seeds, fps, metrics, wall, config, best)
     # Full CMA-ES: one run at a time (a D x D state each; lax.cond stays a real branch).
+    if checkpointing.directory:
+        raise ConfigError(f"{method} does not checkpoint (one run at a time, a {task.num_params}^2 state each); "
+                          "pass --no-checkpoint.")
     per_run, bests, chunk_seconds = [], [], []
     with single_thread_blas():
         for seed in seeds:
