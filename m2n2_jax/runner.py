@@ -48,11 +48,15 @@ def device_mesh(devices, num_runs: int, children_per_step: int = 1):
       device per core this made 10 runs at B = 1 about 1.2x faster).
     - axis "children": every device holds all archives, scores 1/n of each
       step's children and all-gathers the scores (for few runs with B > 1).
+
+    Devices that cannot be used evenly stay idle; a warning says so when the
+    devices were given explicitly.
     """
     import warnings
 
     import numpy as np
 
+    explicit = devices is not None  # only then is an idle device worth a warning
     devices = list(jax.local_devices() if devices is None else devices)
     if not devices:
         raise ConfigError("no devices to run on; pass --devices 1 or more.")
@@ -62,7 +66,7 @@ def device_mesh(devices, num_runs: int, children_per_step: int = 1):
 
     by_runs, by_children = largest_divisor(num_runs), largest_divisor(num_runs * children_per_step)
     usable = by_children
-    if usable < len(devices):
+    if usable < len(devices) and explicit:
         warnings.warn(f"{num_runs} runs x {children_per_step} children per step cannot be split evenly over "
                       f"{len(devices)} devices; using {usable}. Choose runs (or runs x batch) divisible by the "
                       "device count to use them all.", stacklevel=2)
