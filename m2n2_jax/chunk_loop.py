@@ -34,6 +34,7 @@ class Checkpointing:
     every: int | None = None          # forward passes per run between saves (None: every chunk)
     seconds: float | None = None      # and at least this often in wall time
     resume: bool = False              # continue from the newest good checkpoint in ``directory``
+    keep: int = 3                     # newest checkpoints kept (fewer for huge states)
 
     def checked(self) -> "Checkpointing":
         if self.every is not None and self.every <= 0:
@@ -56,7 +57,7 @@ def differing_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 
 def restore(directory: str, state, identity: dict):
-    """(state, history, done_logs, elapsed seconds) from the newest good checkpoint in ``directory``.
+    """(state, history, done_logs, elapsed seconds, meta) from the newest good checkpoint in ``directory``.
 
     ``state`` gives the structure to restore into. Refuses, naming the fields,
     a checkpoint made with other settings.
@@ -72,27 +73,30 @@ def restore(directory: str, state, identity: dict):
                           ". Resume with the original settings, or start a new run in another --out.")
     state = jax.tree.map(jax.numpy.asarray, state)
     history = {k: [np.asarray(row, dtype=np.float32) for row in v] for k, v in meta["history"].items()}
-    return state, history, int(meta["done_logs"]), float(meta["elapsed_seconds"])
+    return state, history, int(meta["done_logs"]), float(meta["elapsed_seconds"]), meta
 
 
 def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: list[int], fp_per_log: int,
                forward_passes: int, bar=None, checkpointing: Checkpointing = Checkpointing(),
                identity: dict | None = None, done_logs: int = 0, elapsed_before: float = 0.0,
-               start: float | None = None):
+               start: float | None = None, step_offset: int = 0, extra_meta: dict | None = None):
     """Advance ``state`` to ``num_logs`` log points in chunks of ``sizes``.
 
     history: {name: [per-log arrays]}, extended in place with what the chunks log.
+    step_offset, extra_meta: added to every checkpoint's step and JSON item (runs done
+    one after another share one directory this way).
     Returns (state, wall seconds including those before a resume).
     """
     start = time.perf_counter() if start is None else start
-    checkpointer = RunCheckpointer(checkpointing.directory) if checkpointing.directory else None
+    checkpointer = (RunCheckpointer(checkpointing.directory, max_to_keep=checkpointing.keep)
+                    if checkpointing.directory else None)
     last_save_logs, last_save_time = done_logs, time.perf_counter()
 
     def save(logs_done):
-        meta = {"identity": identity, "done_logs": logs_done,
+        meta = {**(extra_meta or {}), "identity": identity, "done_logs": logs_done,
                 "elapsed_seconds": elapsed_before + time.perf_counter() - start,
                 "history": {k: [np.asarray(row).tolist() for row in v] for k, v in history.items()}}
-        checkpointer.save(logs_done * fp_per_log, state, meta)
+        checkpointer.save(step_offset + logs_done * fp_per_log, state, meta)
 
     try:
         while done_logs < num_logs:
@@ -118,7 +122,7 @@ def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: l
         if checkpointer is not None:
             if done_logs > last_save_logs or not checkpointer.steps():
                 save(done_logs)
-            where = (f"saved a checkpoint at {done_logs * fp_per_log} forward passes per run in "
+            where = (f"saved a checkpoint at {step_offset + done_logs * fp_per_log} forward passes per run in "
                      f"{checkpointer.path}; continue with --resume")
         raise Interrupted(f"interrupted by the user; {where}.") from None
     finally:

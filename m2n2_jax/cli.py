@@ -198,8 +198,7 @@ def cmd_evolve(args) -> int:
                              checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
                              identity_extra={"cli": settings})
     elif not args.no_checkpoint:
-        print(f"m2n2 evolve: note: {method} runs without checkpoints ("
-              f"{'one run at a time' if method == 'cma-es' else 'one quick sweep'}).", file=sys.stderr)
+        print(f"m2n2 evolve: note: {method} runs without checkpoints (one quick sweep).", file=sys.stderr)
     res = run_method(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
                      batch=settings["batch"], eval_batch_size=settings["eval_batch_size"], progress=not args.quiet,
                      key_order=settings["key_order"], sigma=settings["sigma"], archive_size=settings["archive_size"],

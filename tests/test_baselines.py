@@ -52,6 +52,35 @@ def test_es_maximises_training_accuracy(method):
     assert res.forward_passes == [0, 200, 400, 600]
 
 
+def test_full_cma_es_interrupted_in_its_second_run_resumes_to_the_same_result(tmp_path):
+    import dataclasses
+
+    from m2n2_jax.chunk_loop import Checkpointing, Interrupted
+
+    task, kw = positive_task(), dict(log_every=100, eigen_every=4)
+    full = run_es("cma-es", task, [5, 6], 400, **kw)
+    calls = []
+
+    def stop_in_second_run(done, total, last):
+        calls.append(done)
+        if len(calls) == 6:  # run 1: 100..400, run 2: 100, 200
+            raise KeyboardInterrupt
+
+    checkpointing = Checkpointing(str(tmp_path), every=100)
+    with pytest.raises(Interrupted, match="at 600 forward passes"):
+        run_es("cma-es", task, [5, 6], 400, progress=stop_in_second_run, checkpointing=checkpointing, **kw)
+    seen = []
+    resumed = run_es("cma-es", task, [5, 6], 400, progress=lambda done, total, last: seen.append(done),
+                     checkpointing=dataclasses.replace(checkpointing, resume=True), **kw)
+    assert seen == [300, 400]  # only the rest of the second run was computed
+    assert resumed.forward_passes == full.forward_passes
+    for name in full.metrics:
+        np.testing.assert_array_equal(resumed.metrics[name], full.metrics[name])
+    np.testing.assert_array_equal(resumed.best, full.best)
+    with pytest.raises(Exception, match="seeds"):
+        run_es("cma-es", task, [5, 7], 400, checkpointing=dataclasses.replace(checkpointing, resume=True), **kw)
+
+
 def test_full_cma_es_improves_and_decomposes_lazily():
     task = positive_task()
     res = run_es("cma-es", task, [5], 400, log_every=200, eigen_every=4)

@@ -64,12 +64,13 @@ def make_chunk(step: Callable, log: Callable, steps_per_log: int, donate: bool =
 def drive(state, step: Callable, log: Callable, *, forward_passes: int, fp_per_step: int,
           log_every: int | None, progress=False, runs: int = 1, start: float | None = None,
           chunk_forward_passes: int = 2000, checkpointing: Checkpointing = Checkpointing(),
-          identity: dict | None = None):
+          identity: dict | None = None, step_offset: int = 0, extra_meta: dict | None = None):
     """(forward_passes [L], metrics {name: [R, L]}, wall seconds, final state).
 
     With ``checkpointing.directory`` the state and curves are saved as the
     engine saves them (see chunk_loop); ``checkpointing.resume`` continues from
     the newest good checkpoint, refusing one whose ``identity`` differs.
+    step_offset, extra_meta: see chunk_loop.run_chunks.
     """
     start = time.perf_counter() if start is None else start
     checkpointing = checkpointing.checked()
@@ -84,11 +85,11 @@ def drive(state, step: Callable, log: Callable, *, forward_passes: int, fp_per_s
     history = {k: [np.asarray(v)] for k, v in jax.device_get(jax.jit(log)(state)).items()}
     done_logs, elapsed_before = 0, 0.0
     if checkpointing.resume:
-        state, history, done_logs, elapsed_before = restore(checkpointing.directory, state, identity or {})
+        state, history, done_logs, elapsed_before, _ = restore(checkpointing.directory, state, identity or {})
     bar = _progress_bar(progress, forward_passes, runs, done_logs * fp_per_log)
     state, wall = run_chunks(chunk, state, history, num_logs=num_logs, sizes=sizes, fp_per_log=fp_per_log,
                              forward_passes=forward_passes, bar=bar, checkpointing=checkpointing,
                              identity=identity or {}, done_logs=done_logs, elapsed_before=elapsed_before,
-                             start=start)
+                             start=start, step_offset=step_offset, extra_meta=extra_meta)
     fps = [i * fp_per_log for i in range(num_logs + 1)]
     return fps, {k: np.stack(v, axis=1) for k, v in history.items()}, wall, state

@@ -32,7 +32,8 @@ from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 from .. import runner
 from ..errors import ConfigError
 from ..tasks.base import Task
-from ..chunk_loop import Checkpointing
+from ..checkpoint import RunCheckpointer
+from ..chunk_loop import Checkpointing, differing_fields
 from .driver import BaselineResult, baseline_identity, drive
 
 POPULATION = 20
@@ -194,14 +195,32 @@ def make_log(task: Task, batched: bool):
     return lambda runs: jax.tree.map(lambda v: v[None], one(runs.es))
 
 
+def _finished_full_cma_runs(checkpointing: Checkpointing, identity: dict, forward_passes: int):
+    """(finished runs {metrics, best, chunk_seconds}, index of the run to continue, its logs done)
+    from the newest full CMA-ES checkpoint; nothing finished when not resuming."""
+    nothing = {"metrics": [], "best": [], "chunk_seconds": []}
+    if not checkpointing.resume:
+        return nothing, 0, 0
+    checkpointer = RunCheckpointer(checkpointing.directory)
+    try:
+        meta = checkpointer.latest_meta()
+    finally:
+        checkpointer.close()
+    diff = differing_fields(meta["identity"], identity)
+    if diff:
+        raise ConfigError("the checkpoint was made with different settings: " + "; ".join(diff) +
+                          ". Resume with the original settings, or start a new run in another --out.")
+    return meta["finished_runs"], int(meta["run_index"]), int(meta["done_logs"])
+
+
 def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *,
            log_every: int | None = None, sigma: float | None = None, eval_batch_size: int = 2,
            progress=False, eigen_every: int | None = None, checkpointing: Checkpointing = Checkpointing(),
            identity_extra: dict | None = None) -> BaselineResult:
     """R = len(seeds) runs of an evosax strategy for ``forward_passes`` evaluations each.
 
-    checkpointing: save and resume as the engine does (batched strategies only;
-    full CMA-ES runs one run at a time and does not checkpoint).
+    checkpointing: save and resume as the engine does. Full CMA-ES runs one run
+    at a time; its checkpoints hold the current run's state and the finished runs' results.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -226,13 +245,20 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
                                           checkpointing=checkpointing, identity=identity)
         best = np.asarray(state.es.best_solution)
         return BaselineResult(method, seeds, fps, metrics, wall, config, best)
-    # Full CMA-ES: one run at a time (a D x D state each; lax.cond stays a real branch).
-    if checkpointing.directory:
-        raise ConfigError(f"{method} does not checkpoint (one run at a time, a {task.num_params}^2 state each); "
-                          "pass --no-checkpoint.")
-    per_run, bests, chunk_seconds = [], [], []
+    # Full CMA-ES: one run at a time (a D x D state each; lax.cond stays a real branch). Checkpoints of
+    # all runs share one directory: steps run_index * budget + fp, the finished runs' curves and best
+    # models in the JSON item, and only the newest two kept (each holds D x D matrices).
+    identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
+    done_runs, start_index, resume_logs = _finished_full_cma_runs(checkpointing, identity, forward_passes)
+    per_run = [{k: np.asarray(v, np.float32) for k, v in m.items()} for m in done_runs["metrics"]]
+    bests = [np.asarray(b, np.float32) for b in done_runs["best"]]
+    chunk_seconds = [list(c) for c in done_runs["chunk_seconds"]]
+    steps, steps_per_log = runner.plan_logging(forward_passes, POPULATION, log_every)
+    fps = [i * steps_per_log * POPULATION for i in range(steps // steps_per_log + 1)]
     with single_thread_blas():
-        for seed in seeds:
+        for index, seed in enumerate(seeds):
+            if index < start_index:
+                continue
             state = jax.jit(lambda s: init_run(es, params, spec, task, s))(jnp.uint32(seed))
             stamps = [(0, time.perf_counter())]
 
@@ -241,10 +267,17 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
                 if callable(progress):
                     progress(done, total, last)
 
-            fps, metrics, _, state = drive(state, step, log, forward_passes=forward_passes, fp_per_step=POPULATION,
-                                           log_every=log_every, progress=timer, runs=1,
-                                           chunk_forward_passes=CMA_CHUNK_FORWARD_PASSES)
-            chunk_seconds.append([(t1 - t0) / ((d1 - d0) // POPULATION)
+            run_checkpointing = dataclasses.replace(
+                checkpointing, keep=2, resume=checkpointing.resume and index == start_index and resume_logs > 0)
+            extra_meta = {"run_index": index, "finished_runs": {
+                "metrics": [{k: v.tolist() for k, v in m.items()} for m in per_run],
+                "best": [b.tolist() for b in bests], "chunk_seconds": chunk_seconds}}
+            _, metrics, _, state = drive(state, step, log, forward_passes=forward_passes, fp_per_step=POPULATION,
+                                         log_every=log_every, progress=timer, runs=1,
+                                         chunk_forward_passes=CMA_CHUNK_FORWARD_PASSES,
+                                         checkpointing=run_checkpointing, identity=identity,
+                                         step_offset=index * forward_passes, extra_meta=extra_meta)
+            chunk_seconds.append([round((t1 - t0) / ((d1 - d0) // POPULATION), 3)
                                   for (d0, t0), (d1, t1) in zip(stamps, stamps[1:])])
             per_run.append(metrics)
             bests.append(np.asarray(state.es.best_solution))
@@ -252,7 +285,7 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
     metrics = {k: np.concatenate([m[k] for m in per_run]) for k in per_run[0]}
     wall = time.perf_counter() - start
     steady = [s for run in chunk_seconds for s in run[1:]]  # the first chunk includes compilation
-    extra = {"seconds_per_generation_by_chunk": [[round(s, 3) for s in run] for run in chunk_seconds],
+    extra = {"seconds_per_generation_by_chunk": chunk_seconds,
              "seconds_per_generation_steady": round(float(np.median(steady)), 3) if steady else None,
              "generations_per_chunk": CMA_CHUNK_FORWARD_PASSES // POPULATION,
              "eigendecompositions_per_run": (forward_passes // POPULATION - 1) // es.eigen_every}
