@@ -56,6 +56,14 @@ def differing_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def check_identity(saved: dict, current: dict) -> None:
+    """Refuse, naming the fields, to resume a checkpoint made with other settings."""
+    diff = differing_fields(saved, current)
+    if diff:
+        raise ConfigError("the checkpoint was made with different settings: " + "; ".join(diff) +
+                          ". Resume with the original settings, or start a new run in another --out.")
+
+
 def restore(directory: str, state, identity: dict):
     """(state, history, done_logs, elapsed seconds, meta) from the newest good checkpoint in ``directory``.
 
@@ -67,10 +75,7 @@ def restore(directory: str, state, identity: dict):
         state, meta = checkpointer.restore_latest(state)
     finally:
         checkpointer.close()
-    diff = differing_fields(meta["identity"], identity)
-    if diff:
-        raise ConfigError("the checkpoint was made with different settings: " + "; ".join(diff) +
-                          ". Resume with the original settings, or start a new run in another --out.")
+    check_identity(meta["identity"], identity)
     state = jax.tree.map(jax.numpy.asarray, state)
     history = {k: [np.asarray(row, dtype=np.float32) for row in v] for k, v in meta["history"].items()}
     return state, history, int(meta["done_logs"]), float(meta["elapsed_seconds"]), meta

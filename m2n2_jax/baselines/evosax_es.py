@@ -33,7 +33,7 @@ from .. import runner
 from ..errors import ConfigError
 from ..tasks.base import Task
 from ..checkpoint import RunCheckpointer
-from ..chunk_loop import Checkpointing, differing_fields
+from ..chunk_loop import Checkpointing, check_identity
 from .driver import BaselineResult, baseline_identity, drive
 
 POPULATION = 20
@@ -206,10 +206,7 @@ def _finished_full_cma_runs(checkpointing: Checkpointing, identity: dict, forwar
         meta = checkpointer.latest_meta()
     finally:
         checkpointer.close()
-    diff = differing_fields(meta["identity"], identity)
-    if diff:
-        raise ConfigError("the checkpoint was made with different settings: " + "; ".join(diff) +
-                          ". Resume with the original settings, or start a new run in another --out.")
+    check_identity(meta["identity"], identity)
     return meta["finished_runs"], int(meta["run_index"]), int(meta["done_logs"])
 
 
