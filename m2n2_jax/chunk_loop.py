@@ -65,7 +65,7 @@ def check_identity(saved: dict, current: dict) -> None:
 
 
 def restore(directory: str, state, identity: dict):
-    """(state, history, done_logs, elapsed seconds, meta) from the newest good checkpoint in ``directory``.
+    """(state, history, done_logs, elapsed seconds) from the newest good checkpoint in ``directory``.
 
     ``state`` gives the structure to restore into. Refuses, naming the fields,
     a checkpoint made with other settings.
@@ -78,7 +78,7 @@ def restore(directory: str, state, identity: dict):
     check_identity(meta["identity"], identity)
     state = jax.tree.map(jax.numpy.asarray, state)
     history = {k: [np.asarray(row, dtype=np.float32) for row in v] for k, v in meta["history"].items()}
-    return state, history, int(meta["done_logs"]), float(meta["elapsed_seconds"]), meta
+    return state, history, int(meta["done_logs"]), float(meta["elapsed_seconds"])
 
 
 def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: list[int], fp_per_log: int,

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--matmul-precision", choices=("float32", "bfloat16"),
                     help="precision of the matmuls that score children on the training set (default float32). "
                          "bfloat16 rounds their operands to bf16 and accumulates in float32, as TPUs do by "
-                         "default; about 1.6x faster on CPUs with AVX512-BF16. Test accuracy is always float32")
+                         "default; about 1.5x faster on CPUs with AVX512-BF16. Test accuracy is always float32")
     ev.add_argument("--train-size", type=_positive_int, help="mnist/fashion-mnist: use the first N training images")
     ev.add_argument("--data-dir", help="mnist/fashion-mnist data directory (default $M2N2_DATA_DIR or ~/.cache)")
     ev.add_argument("--out", help="output directory (default runs/TASK-METHOD)")

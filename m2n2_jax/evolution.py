@@ -97,7 +97,7 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     history = {k: [np.asarray(v)] for k, v in jax.device_get(runner.archive_metrics(task, state.archive)).items()}
     done_logs, elapsed_before = 0, 0.0
     if resume:
-        state, history, done_logs, elapsed_before, _ = restore(checkpoint_dir, state, identity)
+        state, history, done_logs, elapsed_before = restore(checkpoint_dir, state, identity)
 
     chunk = runner.make_chunk(config, task, steps_per_log, eval_batch_size, mesh=mesh)
     num_logs = steps // steps_per_log

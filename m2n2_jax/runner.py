@@ -45,7 +45,7 @@ def device_mesh(devices, num_runs: int, children_per_step: int = 1):
       asks, evaluations and tells itself; nothing crosses devices. Preferred
       whenever it uses as many devices as the other way, because the small
       per-run operations then run in parallel too (on a CPU split into one
-      device per core this made 10 runs at B = 1 about 1.2x faster).
+      device per core this made 10 runs at B = 1 1.26x faster).
     - axis "children": every device holds all archives, scores 1/n of each
       step's children and all-gathers the scores (for few runs with B > 1).
 

@@ -85,7 +85,7 @@ def drive(state, step: Callable, log: Callable, *, forward_passes: int, fp_per_s
     history = {k: [np.asarray(v)] for k, v in jax.device_get(jax.jit(log)(state)).items()}
     done_logs, elapsed_before = 0, 0.0
     if checkpointing.resume:
-        state, history, done_logs, elapsed_before, _ = restore(checkpointing.directory, state, identity or {})
+        state, history, done_logs, elapsed_before = restore(checkpointing.directory, state, identity or {})
     bar = _progress_bar(progress, forward_passes, runs, done_logs * fp_per_log)
     state, wall = run_chunks(chunk, state, history, num_logs=num_logs, sizes=sizes, fp_per_log=fp_per_log,
                              forward_passes=forward_passes, bar=bar, checkpointing=checkpointing,

@@ -195,7 +195,7 @@ def make_log(task: Task, batched: bool):
     return lambda runs: jax.tree.map(lambda v: v[None], one(runs.es))
 
 
-def _finished_full_cma_runs(checkpointing: Checkpointing, identity: dict, forward_passes: int):
+def _finished_full_cma_runs(checkpointing: Checkpointing, identity: dict):
     """(finished runs {metrics, best, chunk_seconds}, index of the run to continue, its logs done)
     from the newest full CMA-ES checkpoint; nothing finished when not resuming."""
     nothing = {"metrics": [], "best": [], "chunk_seconds": []}
@@ -246,7 +246,7 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
     # all runs share one directory: steps run_index * budget + fp, the finished runs' curves and best
     # models in the JSON item, and only the newest two kept (each holds D x D matrices).
     identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
-    done_runs, start_index, resume_logs = _finished_full_cma_runs(checkpointing, identity, forward_passes)
+    done_runs, start_index, resume_logs = _finished_full_cma_runs(checkpointing, identity)
     per_run = [{k: np.asarray(v, np.float32) for k, v in m.items()} for m in done_runs["metrics"]]
     bests = [np.asarray(b, np.float32) for b in done_runs["best"]]
     chunk_seconds = [list(c) for c in done_runs["chunk_seconds"]]
