@@ -18,7 +18,13 @@ EVOLVE_DEFAULTS = {
     "task": "digits", "method": "m2n2", "init": "scratch", "runs": 1, "seed": 42, "forward_passes": None,
     "batch": 1, "log_every": None, "archive_size": None, "alpha": None, "mutation_std": None, "sigma": None,
     "key_order": "engine", "noise": None, "eval_batch_size": None, "hidden": None, "train_size": None,
-    "matmul_precision": "float32",
+    "matmul_precision": "float32", "task_args": None,
+}
+# Settings of a merge (compared when resuming, with the models' fingerprint).
+MERGE_DEFAULTS = {
+    "models": None, "task": "digits", "task_args": None, "method": "m2n2", "runs": 1, "seed": 42,
+    "forward_passes": 10_000, "batch": 1, "log_every": None, "archive_size": None, "alpha": None,
+    "mutation_std": None, "hidden": None, "matmul_precision": "float32",
 }
 
 
@@ -66,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     ev = sub.add_parser("evolve", help="run one method for R runs and write results.json and curves.png")
-    ev.add_argument("--task", help=f"task name ({', '.join(TASKS)}); default digits")
+    ev.add_argument("--task", help=f"task name ({', '.join(TASKS)}; default digits) or a plugin "
+                                   "module:function / path/to/file.py:function returning a Task")
+    ev.add_argument("--task-arg", dest="task_args", action="append", metavar="KEY=VALUE",
+                    help="keyword argument for a task plugin (repeatable; VALUE is read as JSON if it parses)")
     ev.add_argument("--method", help=f"one of {', '.join(ALL_METHODS)}; default m2n2")
     ev.add_argument("--init", choices=INITS,
                     help="'scratch' (default): N(0, 0.01^2) seeds; 'pretrained': merge the two cached pre-trained "
@@ -110,6 +119,39 @@ def build_parser() -> argparse.ArgumentParser:
                          "in parallel; 1 keeps a single device. Ignored on GPUs and TPUs")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    mg = sub.add_parser("merge", help="merge your models (files of one architecture) into one with M2N2 and "
+                                      "write merged.EXT, results.json, table.md, curves.png")
+    mg.add_argument("models", nargs="*", metavar="MODEL",
+                    help="two or more model files: .npy / .npz (flat vector, FILE.npz@INDEX of a stack, or one "
+                         "array per parameter path), .msgpack (flax.serialization) or an orbax checkpoint directory")
+    mg.add_argument("--task", help=f"what to score the models on: {', '.join(TASKS)} (default digits) or a plugin "
+                                   "module:function / path/to/file.py:function returning a Task")
+    mg.add_argument("--task-arg", dest="task_args", action="append", metavar="KEY=VALUE",
+                    help="keyword argument for a task plugin (repeatable)")
+    mg.add_argument("--method", help="m2n2 (default), an ablation, ga, map-elites or brute-force (two models)")
+    mg.add_argument("--runs", type=_positive_int, help="independent runs (default 1); merged.EXT is the best run's")
+    mg.add_argument("--seed", type=_non_negative_int, help="run r uses seed S + r (default 42)")
+    mg.add_argument("--forward-passes", type=_positive_int, help="children evaluated per run (default 10000)")
+    mg.add_argument("--batch", type=_positive_int, help="children per step (default 1)")
+    mg.add_argument("--log-every", type=_positive_int, help="log metrics every K forward passes")
+    mg.add_argument("--archive-size", type=_positive_int, help="archive size P (default 20)")
+    mg.add_argument("--alpha", type=_non_negative_float, help="competition exponent (default 1)")
+    mg.add_argument("--mutation-std", type=_non_negative_float, help="mutation std (default 0: pure merging)")
+    mg.add_argument("--hidden", type=_positive_int, help="built-in tasks: hidden units of the MLP (default 256)")
+    mg.add_argument("--matmul-precision", choices=("float32", "bfloat16"),
+                    help="built-in tasks: precision of the scoring matmuls (default float32)")
+    mg.add_argument("--data-dir", help="mnist/fashion-mnist data directory")
+    mg.add_argument("--out", help="output directory (default runs/merge-TASK)")
+    mg.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
+    mg.add_argument("--resume", metavar="DIR", help="continue the interrupted merge whose --out was DIR")
+    mg.add_argument("--checkpoint-every", type=_positive_int, default=2000,
+                    help="save a checkpoint every N forward passes per run (default 2000)")
+    mg.add_argument("--checkpoint-seconds", type=_non_negative_float, default=300.0,
+                    help="and at least every T seconds (default 300; 0 disables the timer)")
+    mg.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
+    mg.add_argument("--cpu-devices", type=_positive_int, help="on a CPU, expose N devices (default one per core)")
+    mg.add_argument("--quiet", action="store_true", help="no progress bar")
+
     cmp = sub.add_parser("compare", help="run several methods on equal budgets (or reuse finished runs) "
                                          "and write curves.png, table.md, results.json")
     cmp.add_argument("--task", default="digits", help="task name; default digits")
@@ -134,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_settings(args) -> dict:
+def resolve_settings(args, defaults: dict = EVOLVE_DEFAULTS) -> dict:
     """The run's settings: given options over defaults, or the checkpoint's when resuming."""
-    given = {k: getattr(args, k) for k in EVOLVE_DEFAULTS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in defaults if getattr(args, k) not in (None, [])}
     if not args.resume:
-        return {**EVOLVE_DEFAULTS, **given}
+        return {**defaults, **given}
     from .checkpoint import RunCheckpointer, has_checkpoint
 
     if not os.path.isdir(args.resume) or not has_checkpoint(args.resume):
@@ -150,7 +192,7 @@ def resolve_settings(args) -> dict:
     if diff:
         raise ConfigError("cannot resume with different settings: " + "; ".join(diff) +
                           ". Drop those options to continue the run as it was started.")
-    return {**EVOLVE_DEFAULTS, **saved}
+    return {**defaults, **saved}
 
 
 def cmd_evolve(args) -> int:
@@ -169,8 +211,7 @@ def cmd_evolve(args) -> int:
     forward_passes = settings["forward_passes"] or DEFAULT_FORWARD_PASSES[init]
     out = args.resume or args.out or os.path.join(
         "runs", f"{settings['task']}-{method}" + ("-pretrained" if init == "pretrained" else ""))
-    task = get_task(settings["task"], hidden=settings["hidden"], data_dir=args.data_dir,
-                    train_size=settings["train_size"], matmul_precision=settings["matmul_precision"])
+    task = _task_of(settings, args, train_size=settings["train_size"])
     from .runner import plan_logging
 
     if method in METHODS:  # validate before anything runs, so mistakes end in one line
@@ -210,15 +251,120 @@ def cmd_evolve(args) -> int:
         metrics=res.metrics, wall_seconds=res.wall_seconds,
         config={**res.config, **{k: v for k, v in settings.items() if v is not None},
                 "forward_passes": forward_passes, "task_info": task.info},
-        extra={**res.extra, "peak_rss_mb": round(peak_mb, 1)})
+        extra={**res.extra, "peak_rss_mb": round(peak_mb, 1)}, headline=task.headline_metric)
     results_path = os.path.join(out, "results.json")
     results.write_json(results_path, record)
     results.plot_curves(os.path.join(out, "curves.png"), [record])
     np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best_vectors(),
                         seeds=np.asarray(seeds))
-    print(f"final test accuracy: mean {record['final_mean']:.4f} ± {record['final_sem']:.4f} (sem) over "
+    print(f"final {task.headline_metric.replace('_', ' ')}: mean {record['final_mean']:.4f} ± "
+          f"{record['final_sem']:.4f} (sem) over "
           f"{len(seeds)} run(s); {record['forward_passes_per_second']:.0f} forward passes/s; peak RSS "
           f"{peak_mb:.0f} MB; wrote {results_path}, curves.png, best_models.npz")
+    return 0
+
+
+def _task_of(settings: dict, args, **options):
+    """The task the settings name: built-in (with its options) or a plugin (with its --task-arg values)."""
+    from .tasks import get_task
+    from .tasks.custom import is_plugin_spec, parse_task_args
+
+    if is_plugin_spec(settings["task"]):
+        given = [f"--{k.replace('_', '-')}" for k in ("hidden", "train_size") if settings.get(k) is not None]
+        given += ["--data-dir"] if getattr(args, "data_dir", None) else []
+        given += ["--matmul-precision"] if settings.get("matmul_precision") not in (None, "float32") else []
+        if given:
+            raise ConfigError(f"{', '.join(given)} configure the built-in tasks; pass a plugin's settings as "
+                              "--task-arg KEY=VALUE.")
+        return get_task(settings["task"], task_args=parse_task_args(settings["task_args"]))
+    if settings["task_args"]:
+        raise ConfigError(f"--task-arg is for task plugins (module:function); the built-in task "
+                          f"{settings['task']!r} takes none.")
+    return get_task(settings["task"], hidden=settings["hidden"], data_dir=getattr(args, "data_dir", None),
+                    matmul_precision=settings["matmul_precision"], **options)
+
+
+def cmd_merge(args) -> int:
+    import numpy as np
+
+    from . import merge_models, model_files, results
+    from .methods import run_method
+
+    settings = resolve_settings(args, MERGE_DEFAULTS)
+    paths = settings["models"] or []
+    if len(paths) < 2:
+        raise ConfigError(f"m2n2 merge needs at least two model files (got {len(paths)}); "
+                          "e.g. m2n2 merge a.msgpack b.msgpack --task digits --out runs/merged.")
+    method = settings["method"]
+    merge_models.check_merge_method(method, len(paths))
+    task = _task_of(settings, args)
+    vectors = np.stack([model_files.load_model(p, task.layout) for p in paths])
+    from .flatten import check_finite_seeds
+
+    check_finite_seeds(vectors)
+    task = merge_models.with_seed_models(task, vectors)
+    if args.resume:
+        from .checkpoint import RunCheckpointer
+
+        started = RunCheckpointer(args.resume).latest_meta()["identity"].get("models_sha256")
+        if started not in (None, merge_models.fingerprint(vectors)):
+            raise ConfigError(f"--resume {args.resume}: the model files ({', '.join(paths)}) changed since this "
+                              "merge started; put the original files back, or start a new merge in another --out.")
+    out = args.resume or args.out or os.path.join("runs", f"merge-{os.path.basename(settings['task'])}")
+    if method not in ("map-elites", "brute-force"):
+        from .config import method_config
+        from .runner import plan_logging
+
+        method_config(method, children_per_step=settings["batch"],
+                      **{k: settings[k] for k in ("archive_size", "alpha", "mutation_std") if settings[k] is not None})
+        plan_logging(settings["forward_passes"], settings["batch"], settings["log_every"])
+    _prepare_output(out, args)
+    seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
+    print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} runs={len(seeds)} "
+          f"forward_passes={settings['forward_passes']} -> {out}{' (resuming)' if args.resume else ''}",
+          file=sys.stderr)
+    checkpointing = {}
+    if method != "brute-force" and not args.no_checkpoint:
+        checkpointing = dict(checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
+                             checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
+                             identity_extra={"cli": settings, "models_sha256": merge_models.fingerprint(vectors)})
+    res = run_method(method, task, seeds, settings["forward_passes"], init="pretrained",
+                     log_every=settings["log_every"], batch=settings["batch"], progress=not args.quiet,
+                     archive_size=settings["archive_size"], alpha=settings["alpha"],
+                     mutation_std=settings["mutation_std"], **checkpointing)
+    headline = task.headline_metric
+    inputs = merge_models.describe_models(task, vectors)
+    final_train = np.asarray(res.metrics["best_train_score"])[:, -1]
+    best = merge_models.best_run(final_train)
+    merged_rows = merge_models.describe_models(task, res.best)
+    merged_file = model_files.save_model(model_files.merged_path(out, paths[0]), res.best[best], task.layout)
+    record = results.results_record(
+        method=method, task=task.name, seeds=seeds, forward_passes=res.forward_passes, metrics=res.metrics,
+        wall_seconds=res.wall_seconds, headline=headline,
+        config={**res.config, **{k: v for k, v in settings.items() if v is not None}, "task_info": task.info},
+        extra={**res.extra, "models": [{"path": p, **row} for p, row in zip(paths, inputs)],
+               "merged": {"path": merged_file, "run": best, "seed": seeds[best], **merged_rows[best]},
+               "merged_per_run": merged_rows})
+    results.write_json(os.path.join(out, "results.json"), record)
+    results.plot_curves(os.path.join(out, "curves.png"), [record],
+                        references={f"model {i} ({os.path.basename(p.rstrip('/'))})": row.get(headline, row["train_score"])
+                                    for i, (p, row) in enumerate(zip(paths, inputs))})
+    names = [f"input {i}: `{p}`" for i, p in enumerate(paths)] + [f"**merged** (run {best}, seed {seeds[best]})"]
+    rows = inputs + [merged_rows[best]]
+    if len(seeds) > 1:
+        names.append(f"merged, mean of {len(seeds)} runs")
+        rows.append({k: float(np.mean([r[k] for r in merged_rows])) for k in merged_rows[0]})
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(f"# m2n2 merge: {method} on {task.name}, {settings['forward_passes']:,} forward passes per run\n\n"
+                + merge_models.table_markdown(names, rows, headline)
+                + "\nTrain score: mean per-datapoint score on the data the search sees. The merged model is the "
+                  "archive member with the highest train score of the run whose member scores highest.\n")
+    np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best, seeds=np.asarray(seeds))
+    best_input = max(range(len(paths)), key=lambda i: inputs[i]["train_score"])
+    print(f"merged: train score {merged_rows[best]['train_score']:.4f} (best input {inputs[best_input]['train_score']:.4f})"
+          + (f", {headline.replace('_', ' ')} {merged_rows[best][headline]:.4f} (inputs "
+             + ", ".join(f"{r[headline]:.4f}" for r in inputs) + ")" if headline in merged_rows[best] else "")
+          + f"; wrote {merged_file}, results.json, table.md, curves.png")
     return 0
 
 
@@ -301,10 +447,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = None if argv is None else list(argv)
-    if args.command in ("evolve", "bench"):
+    if args.command in ("evolve", "bench", "merge"):
         expose_cpu_devices(args.cpu_devices)
     try:
-        return {"evolve": cmd_evolve, "compare": cmd_compare, "bench": cmd_bench}[args.command](args)
+        return {"evolve": cmd_evolve, "merge": cmd_merge, "compare": cmd_compare,
+                "bench": cmd_bench}[args.command](args)
     except M2N2Error as err:
         from .evolution import Interrupted
 

@@ -34,7 +34,7 @@ def load_records(paths: Iterable[str]) -> list[dict]:
                 data = json.load(f)
             if "records" in data:
                 records.extend(data["records"])
-            elif "method" in data and "test_accuracy" in data:
+            elif "method" in data and results.headline_of(data) in data:
                 records.append(data)
             else:
                 raise DataError(f"{file} is neither a method's results.json nor a compare report.")
@@ -51,7 +51,7 @@ def load_records(paths: Iterable[str]) -> list[dict]:
 def summary_row(rec: dict) -> dict:
     """Numbers of one method for the table."""
     fps = rec["forward_passes"]
-    acc = np.asarray(rec["test_accuracy"], dtype=float)
+    acc = np.asarray(rec[results.headline_of(rec)], dtype=float)
     mean, sem = results.mean_and_sem(acc)
     row = {"method": rec["method"], "init": rec.get("config", {}).get("init", "scratch"), "runs": len(rec["seeds"]),
            "seeds": f"{rec['seeds'][0]}-{rec['seeds'][-1]}", "budget": int(fps[-1]),
@@ -68,7 +68,8 @@ def _fmt(value, fmt="{:.0f}", none="-"):
 
 
 def table_markdown(records: Sequence[dict]) -> str:
-    lines = ["| method | init | runs (seeds) | budget (fp) | final test acc (mean ± se) | fp to 0.80 | fp to 0.85 "
+    headline = "/".join(sorted({results.headline_of(r) for r in records})).replace("_", " ")
+    lines = [f"| method | init | runs (seeds) | budget (fp) | final {headline} (mean ± se) | fp to 0.80 | fp to 0.85 "
              "| wall s | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for rec in records:
         r = summary_row(rec)

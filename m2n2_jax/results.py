@@ -47,10 +47,23 @@ def environment() -> dict:
             "machine": platform.machine(), "cpu_count": os.cpu_count()}
 
 
+def headline_of(record: dict) -> str:
+    """The metric a record leads with (older records and the built-in tasks: test accuracy)."""
+    return record.get("headline_metric", "test_accuracy")
+
+
 def results_record(*, method: str, task: str, seeds, forward_passes, metrics: dict, wall_seconds: float,
-                   config: dict, extra: dict | None = None) -> dict:
-    """The results.json record of one method (curves aligned with forward_passes)."""
-    acc = np.asarray(metrics["test_accuracy"], dtype=float)
+                   config: dict, extra: dict | None = None, headline: str = "test_accuracy") -> dict:
+    """The results.json record of one method (curves aligned with forward_passes).
+
+    ``headline`` names the metric summarised as final value, mean and standard
+    error; with the default the fields are ``final_test_accuracy``,
+    ``mean_test_accuracy`` and so on, and the forward passes at which each run
+    first reaches 0.80 and 0.85 are added.
+    """
+    if headline not in metrics:
+        raise ValueError(f"headline metric {headline!r} is not among the logged metrics {sorted(metrics)}")
+    acc = np.asarray(metrics[headline], dtype=float)
     mean, sem = mean_and_sem(acc)
     total_fp = int(forward_passes[-1]) * len(seeds)
     record = {
@@ -58,21 +71,25 @@ def results_record(*, method: str, task: str, seeds, forward_passes, metrics: di
         "task": task,
         "seeds": [int(s) for s in seeds],
         "forward_passes": [int(f) for f in forward_passes],
-        "test_accuracy": _rounded(acc),
-        "final_test_accuracy": _rounded(acc[:, -1]),
-        "mean_test_accuracy": _rounded(mean),
-        "sem_test_accuracy": _rounded(sem),
+        "headline_metric": headline,
+        headline: _rounded(acc),
+        f"final_{headline}": _rounded(acc[:, -1]),
+        f"mean_{headline}": _rounded(mean),
+        f"sem_{headline}": _rounded(sem),
         "final_mean": round(float(mean[-1]), 6),
         "final_sem": round(float(sem[-1]), 6),
-        "first_fp_reaching_0.80": [first_reaching(forward_passes, c, 0.80) for c in acc],
-        "first_fp_reaching_0.85": [first_reaching(forward_passes, c, 0.85) for c in acc],
+    }
+    if headline == "test_accuracy":
+        record["first_fp_reaching_0.80"] = [first_reaching(forward_passes, c, 0.80) for c in acc]
+        record["first_fp_reaching_0.85"] = [first_reaching(forward_passes, c, 0.85) for c in acc]
+    record.update({
         "wall_seconds": round(float(wall_seconds), 3),
         "forward_passes_per_second": round(total_fp / max(wall_seconds, 1e-9), 1),
         "config": config,
         "environment": environment(),
-    }
+    })
     for name, values in metrics.items():
-        if name != "test_accuracy":
+        if name != headline:
             record[name] = _rounded(np.asarray(values, dtype=float))
     record.update(extra or {})
     return record
@@ -96,8 +113,10 @@ def write_json(path: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(path: str, records: Sequence[dict], title: str | None = None) -> None:
-    """Test accuracy against forward passes: mean line, standard-error band per method."""
+def plot_curves(path: str, records: Sequence[dict], title: str | None = None,
+                references: dict[str, float] | None = None) -> None:
+    """The headline metric against forward passes: mean line, standard-error band per method;
+    ``references`` adds dashed horizontal lines (e.g. the models a merge started from)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,13 +126,16 @@ def plot_curves(path: str, records: Sequence[dict], title: str | None = None) ->
     budgets = {rec["forward_passes"][-1] for rec in records}
     for rec in records:
         fps = np.asarray(rec["forward_passes"])
-        mean, sem = mean_and_sem(rec["test_accuracy"])
+        mean, sem = mean_and_sem(rec[headline_of(rec)])
         budget = f" at {fps[-1]:,} fp" if len(budgets) > 1 else ""  # say so when budgets differ
         line, = ax.plot(fps, mean, label=f"{rec['method']} ({mean[-1]:.3f}{budget})", lw=1.6)
         ax.fill_between(fps, mean - sem, mean + sem, color=line.get_color(), alpha=0.2, lw=0)
+    for (label, value), style in zip((references or {}).items(), ("--", ":", "-.") * 10):
+        ax.axhline(value, color="gray", ls=style, lw=1.1, label=f"{label} ({value:.3f})")
     runs = {len(r["seeds"]) for r in records}
     ax.set_xlabel("forward passes")
-    ax.set_ylabel("test accuracy (best training member)")
+    headlines = {headline_of(r) for r in records}
+    ax.set_ylabel(f"{'/'.join(sorted(headlines)).replace('_', ' ')} (best training member)")
     ax.set_title(title or f"{records[0]['task']}: mean ± standard error over {'/'.join(map(str, sorted(runs)))} runs")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

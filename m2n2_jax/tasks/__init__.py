@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Task
+from .custom import custom_task, is_plugin_spec, plugin_task
 from .digits import digits_task
 from .mnist import mnist5k_task, mnist_task
 
@@ -15,11 +16,23 @@ TASKS = {
 }
 
 
-def get_task(name: str, **options) -> Task:
-    """A built-in task by name; options (hidden, matmul_precision, data_dir, train_size) go to tasks that take them."""
+def get_task(name: str, task_args: dict | None = None, **options) -> Task:
+    """A built-in task by name, or a plugin 'module:function' / 'file.py:function' called with ``task_args``.
+
+    options (hidden, matmul_precision, data_dir, train_size) go to the built-in tasks that take them.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    if is_plugin_spec(name):
+        if options:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in sorted(options))} configure the "
+                              f"built-in tasks; pass a plugin's settings as --task-arg KEY=VALUE.")
+        return plugin_task(name, **(task_args or {}))
+    if task_args:
+        raise ConfigError(f"--task-arg is for task plugins (module:function); the built-in task {name!r} takes none.")
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}.")
-    return TASKS[name](**{k: v for k, v in options.items() if v is not None})
+        raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}, or a plugin "
+                          "module:function (see README, 'Bring your own model').")
+    return TASKS[name](**options)
 
 
-__all__ = ["Task", "TASKS", "get_task", "digits_task", "mnist_task", "mnist5k_task"]
+__all__ = ["Task", "TASKS", "get_task", "custom_task", "digits_task", "mnist_task", "mnist5k_task"]

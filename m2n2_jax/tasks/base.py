@@ -21,6 +21,8 @@ class Task:
     pretrained_seeds() -> [K, D] or None when the task has none.
     train_labels: [N] class labels of the training points (classification
         tasks; MAP-Elites derives its descriptors from them), else None.
+    headline_metric: the metric that result files, tables and plots lead
+        with ("test_accuracy" for the built-in classifiers).
     """
 
     name: str
@@ -33,6 +35,7 @@ class Task:
     capacity: jax.Array | None = None
     train_labels: jax.Array | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    headline_metric: str = "test_accuracy"
 
     @property
     def num_params(self) -> int:

@@ -1,0 +1,173 @@
+"""Read and write single models as files, in a task's flat layout.
+
+Formats, chosen by the path:
+
+- ``.npy``: one flat vector [D].
+- ``.npz``: either one flat vector (any key), one vector of a stack with
+  ``FILE.npz@INDEX`` (e.g. ``best_models.npz@3`` as ``m2n2 evolve`` writes it),
+  or one array per parameter, keyed by its pytree path joined with ``/``
+  (``params/Dense_0/kernel``, as ``flax.traverse_util.flatten_dict(sep="/")``
+  names Flax parameters).
+- ``.msgpack``: the parameter pytree as ``flax.serialization.to_bytes`` writes it.
+- a directory: an orbax checkpoint of the parameter pytree
+  (``orbax.checkpoint.StandardCheckpointer``).
+
+Every loader checks the model against the layout and names the first
+mismatch (a missing or extra parameter, a wrong shape) in its error.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from .errors import DataError, SeedModelError
+from .flatten import VectorLayout
+
+FORMATS = (".npy", ".npz", ".msgpack", "orbax directory")
+
+
+def split_index(path: str) -> tuple[str, int | None]:
+    """'models.npz@3' -> ('models.npz', 3); other paths -> (path, None)."""
+    base, sep, index = path.rpartition("@")
+    if sep and base.endswith(".npz") and index.isdigit():
+        return base, int(index)
+    return path, None
+
+
+def format_of(path: str) -> str:
+    file, _ = split_index(path)
+    if os.path.isdir(file):
+        return "orbax"
+    ext = os.path.splitext(file)[1].lower()
+    if ext in (".npy", ".npz", ".msgpack"):
+        return ext[1:]
+    raise DataError(f"{path}: unknown model format {ext or '(no extension)'!r}; use one of {', '.join(FORMATS)}.")
+
+
+def _template(layout: VectorLayout):
+    return layout.unravel(np.zeros((layout.size,), layout.dtype))
+
+
+def _name(path) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _leaf_names(layout: VectorLayout) -> list[str]:
+    paths, _ = jax.tree_util.tree_flatten_with_path(_template(layout))
+    return [_name(p) for p, _ in paths]
+
+
+def _flat(vector, layout: VectorLayout, path: str) -> np.ndarray:
+    vector = np.asarray(vector)
+    if vector.ndim != 1 or vector.shape[0] != layout.size:
+        raise SeedModelError(f"{path}: holds an array of shape {vector.shape}, but the task's model is a flat "
+                             f"vector of {layout.size:,} parameters; check that --task (and its options) "
+                             "describe the architecture the model was trained with.")
+    return vector.astype(layout.dtype)
+
+
+def load_model(path: str, layout: VectorLayout) -> np.ndarray:
+    """The model stored at ``path`` as a flat vector [D] in ``layout``."""
+    file, index = split_index(path)
+    if not os.path.exists(file):
+        raise DataError(f"model file {file} does not exist.")
+    kind = format_of(path)
+    try:
+        if kind == "npy":
+            return _flat(np.load(file, allow_pickle=False), layout, path)
+        if kind == "npz":
+            return _load_npz(file, index, layout, path)
+        if kind == "msgpack":
+            from flax import serialization
+
+            with open(file, "rb") as f:
+                params = serialization.msgpack_restore(f.read())
+            return _from_tree(params, layout, path)
+        return _load_orbax(file, layout, path)
+    except (SeedModelError, DataError):
+        raise
+    except Exception as err:  # unreadable or corrupt files: say which and why, in one line
+        raise DataError(f"{path}: cannot read it as a {kind} model ({type(err).__name__}: {err}).") from None
+
+
+def _load_npz(file: str, index: int | None, layout: VectorLayout, path: str) -> np.ndarray:
+    with np.load(file, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    names = _leaf_names(layout)
+    if set(names) <= set(arrays):  # one array per parameter
+        return _from_tree(layout.treedef.unflatten([arrays[n] for n in names]), layout, path)
+    stacks = {k: v for k, v in arrays.items() if v.ndim in (1, 2) and v.shape[-1] == layout.size}
+    if len(stacks) != 1:
+        raise SeedModelError(f"{path}: expected one flat model ([{layout.size}]) or one array per parameter "
+                             f"({names[0]}, ...); found {', '.join(f'{k} {v.shape}' for k, v in arrays.items())}.")
+    (key, stack), = stacks.items()
+    if stack.ndim == 1:
+        if index not in (None, 0):
+            raise SeedModelError(f"{path}: {key} holds one model; drop @{index}.")
+        return _flat(stack, layout, path)
+    if index is None:
+        raise SeedModelError(f"{file} holds {stack.shape[0]} models ({key} {stack.shape}); pick one with "
+                             f"{file}@INDEX, INDEX from 0 to {stack.shape[0] - 1}.")
+    if index >= stack.shape[0]:
+        raise SeedModelError(f"{path}: index {index} is out of range; {file} holds {stack.shape[0]} models.")
+    return _flat(stack[index], layout, path)
+
+
+def _from_tree(params, layout: VectorLayout, path: str) -> np.ndarray:
+    """Ravel a restored pytree, matching it to the layout by parameter path."""
+    have = {_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    names = _leaf_names(layout)
+    missing, extra = [n for n in names if n not in have], sorted(set(have) - set(names))
+    if missing or extra:
+        raise SeedModelError(f"{path}: parameters do not match the task's model"
+                             + (f"; missing {missing[:3]}" if missing else "")
+                             + (f"; unexpected {extra[:3]}" if extra else "")
+                             + ". Check that --task (and its options) describe the model's architecture.")
+    leaves = []
+    for name, shape, dtype in zip(names, layout.shapes, layout.dtypes):
+        leaf = have[name]
+        if leaf.shape != shape:
+            raise SeedModelError(f"{path}: parameter {name} has shape {leaf.shape}, the task's model has {shape}; "
+                                 "check --task and its options (e.g. --hidden).")
+        leaves.append(leaf.astype(dtype))
+    return np.asarray(layout.ravel(layout.treedef.unflatten(leaves)))
+
+
+def _load_orbax(directory: str, layout: VectorLayout, path: str) -> np.ndarray:
+    from .checkpoint import _orbax
+
+    ocp = _orbax()
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(os.path.abspath(directory))
+    return _from_tree(params, layout, path)
+
+
+def save_model(path: str, vector, layout: VectorLayout) -> str:
+    """Write the flat model ``vector`` to ``path`` in the format its name implies; returns the path."""
+    vector = np.asarray(vector)
+    params = jax.tree.map(np.asarray, layout.unravel(vector))
+    if path.endswith(".npy"):
+        np.save(path, vector)
+    elif path.endswith(".npz"):
+        names = _leaf_names(layout)
+        np.savez(path, **dict(zip(names, jax.tree.leaves(params))))
+    elif path.endswith(".msgpack"):
+        from flax import serialization
+
+        with open(path, "wb") as f:
+            f.write(serialization.to_bytes(params))
+    else:
+        from .checkpoint import _orbax
+
+        ocp = _orbax()
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.abspath(path), params, force=True)
+    return path
+
+
+def merged_path(out: str, like: str) -> str:
+    """Where ``m2n2 merge`` writes the merged model: out/merged.EXT in the first input's format."""
+    kind = format_of(like)
+    return os.path.join(out, "merged" if kind == "orbax" else f"merged.{kind}")
