@@ -64,6 +64,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _add_output_options(parser, default_out: str, checkpoint_every: int) -> None:
+    """--out, --overwrite, --resume and the checkpoint options, shared by evolve and merge."""
+    parser.add_argument("--out", help=f"output directory (default {default_out})")
+    parser.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
+    parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR")
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=checkpoint_every,
+                        help=f"save a checkpoint every N forward passes per run (default {checkpoint_every})")
+    parser.add_argument("--checkpoint-seconds", type=_non_negative_float, default=300.0,
+                        help="and at least every T seconds (default 300; 0 disables the timer)")
+    parser.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import ALL_METHODS, INITS
     from .tasks import TASKS
@@ -105,14 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "default; about 1.5x faster on CPUs with AVX512-BF16. Test accuracy is always float32")
     ev.add_argument("--train-size", type=_positive_int, help="mnist/fashion-mnist: use the first N training images")
     ev.add_argument("--data-dir", help="mnist/fashion-mnist data directory (default $M2N2_DATA_DIR or ~/.cache)")
-    ev.add_argument("--out", help="output directory (default runs/TASK-METHOD)")
-    ev.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
-    ev.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR")
-    ev.add_argument("--checkpoint-every", type=_positive_int, default=5000,
-                    help="save a checkpoint every N forward passes per run (default 5000)")
-    ev.add_argument("--checkpoint-seconds", type=_non_negative_float, default=300.0,
-                    help="and at least every T seconds (default 300; 0 disables the timer)")
-    ev.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
+    _add_output_options(ev, default_out="runs/TASK-METHOD", checkpoint_every=5000)
     ev.add_argument("--devices", type=_positive_int, help="use at most N local devices (default all)")
     ev.add_argument("--cpu-devices", type=_positive_int,
                     help="on a CPU, expose N devices (default: one per core, at most 8) so that runs advance "
@@ -141,14 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--matmul-precision", choices=("float32", "bfloat16"),
                     help="built-in tasks: precision of the scoring matmuls (default float32)")
     mg.add_argument("--data-dir", help="mnist/fashion-mnist data directory")
-    mg.add_argument("--out", help="output directory (default runs/merge-TASK)")
-    mg.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
-    mg.add_argument("--resume", metavar="DIR", help="continue the interrupted merge whose --out was DIR")
-    mg.add_argument("--checkpoint-every", type=_positive_int, default=2000,
-                    help="save a checkpoint every N forward passes per run (default 2000)")
-    mg.add_argument("--checkpoint-seconds", type=_non_negative_float, default=300.0,
-                    help="and at least every T seconds (default 300; 0 disables the timer)")
-    mg.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
+    _add_output_options(mg, default_out="runs/merge-TASK", checkpoint_every=2000)
     mg.add_argument("--cpu-devices", type=_positive_int, help="on a CPU, expose N devices (default one per core)")
     mg.add_argument("--quiet", action="store_true", help="no progress bar")
 
