@@ -129,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("models", nargs="*", metavar="MODEL",
                     help="two or more model files: .npy / .npz (flat vector, FILE.npz@INDEX of a stack, or one "
                          "array per parameter path), .msgpack (flax.serialization) or an orbax checkpoint directory")
-    mg.add_argument("--task", help=f"what to score the models on: {', '.join(TASKS)} (default digits) or a plugin "
-                                   "module:function / path/to/file.py:function returning a Task")
+    mg.add_argument("--task", help=f"what to score the models on: {', '.join(TASKS)} (default digits), "
+                                   "llm-exact-match (Llama directories; --task-arg data=FILE.jsonl "
+                                   "[test_data=FILE.jsonl]) or a plugin module:function / path/to/file.py:function "
+                                   "returning a Task")
     mg.add_argument("--task-arg", dest="task_args", action="append", metavar="KEY=VALUE",
                     help="keyword argument for a task plugin (repeatable)")
     mg.add_argument("--method", help="m2n2 (default), an ablation, ga, map-elites or brute-force (two models)")
@@ -262,19 +264,27 @@ def cmd_evolve(args) -> int:
     return 0
 
 
-def _task_of(settings: dict, args, **options):
-    """The task the settings name: built-in (with its options) or a plugin (with its --task-arg values)."""
-    from .tasks import get_task
-    from .tasks.custom import is_plugin_spec, parse_task_args
+def _task_of(settings: dict, args, first_model: str | None = None, **options):
+    """The task the settings name: built-in (with its options) or a plugin (with its --task-arg values).
 
-    if is_plugin_spec(settings["task"]):
+    A plugin whose factory takes a ``model`` argument gets the first model being merged unless
+    --task-arg model=... says otherwise (llm-exact-match reads the architecture and tokenizer from it).
+    """
+    from .tasks import PLUGIN_ALIASES, get_task
+    from .tasks.custom import is_plugin_spec, load_task_factory, parse_task_args, takes_argument
+
+    spec = PLUGIN_ALIASES.get(settings["task"], settings["task"])
+    if is_plugin_spec(spec):
+        task_args = parse_task_args(settings["task_args"])
+        if first_model is not None and "model" not in task_args and takes_argument(load_task_factory(spec), "model"):
+            task_args["model"] = first_model
         given = [f"--{k.replace('_', '-')}" for k in ("hidden", "train_size") if settings.get(k) is not None]
         given += ["--data-dir"] if getattr(args, "data_dir", None) else []
         given += ["--matmul-precision"] if settings.get("matmul_precision") not in (None, "float32") else []
         if given:
             raise ConfigError(f"{', '.join(given)} configure the built-in tasks; pass a plugin's settings as "
                               "--task-arg KEY=VALUE.")
-        return get_task(settings["task"], task_args=parse_task_args(settings["task_args"]))
+        return get_task(spec, task_args=task_args)
     if settings["task_args"]:
         raise ConfigError(f"--task-arg is for task plugins (module:function); the built-in task "
                           f"{settings['task']!r} takes none.")
@@ -295,7 +305,7 @@ def cmd_merge(args) -> int:
                           "e.g. m2n2 merge a.msgpack b.msgpack --task digits --out runs/merged.")
     method = settings["method"]
     merge_models.check_merge_method(method, len(paths))
-    task = _task_of(settings, args)
+    task = _task_of(settings, args, first_model=paths[0])
     vectors = np.stack([model_files.load_model(p, task.layout) for p in paths])
     from .flatten import check_finite_seeds
 
@@ -335,7 +345,8 @@ def cmd_merge(args) -> int:
     final_train = np.asarray(res.metrics["best_train_score"])[:, -1]
     best = merge_models.best_run(final_train)
     merged_rows = merge_models.describe_models(task, res.best)
-    merged_file = model_files.save_model(model_files.merged_path(out, paths[0]), res.best[best], task.layout)
+    merged_file = model_files.save_model(model_files.merged_path(out, paths[0]), res.best[best], task.layout,
+                                         like=paths[0])
     record = results.results_record(
         method=method, task=task.name, seeds=seeds, forward_passes=res.forward_passes, metrics=res.metrics,
         wall_seconds=res.wall_seconds, headline=headline,

@@ -9,7 +9,10 @@ Formats, chosen by the path:
   (``params/Dense_0/kernel``, as ``flax.traverse_util.flatten_dict(sep="/")``
   names Flax parameters).
 - ``.msgpack``: the parameter pytree as ``flax.serialization.to_bytes`` writes it.
-- a directory: an orbax checkpoint of the parameter pytree
+- a Hugging Face Llama directory (``config.json`` and safetensors weights),
+  read and written by :mod:`m2n2_jax.llm.checkpoint`; a merge copies the
+  tokenizer files of the first input next to it.
+- any other directory: an orbax checkpoint of the parameter pytree
   (``orbax.checkpoint.StandardCheckpointer``).
 
 Every loader checks the model against the layout and names the first
@@ -25,7 +28,9 @@ import numpy as np
 from .errors import DataError, SeedModelError
 from .flatten import VectorLayout
 
-FORMATS = (".npy", ".npz", ".msgpack", "orbax directory")
+FORMATS = (".npy", ".npz", ".msgpack", "Hugging Face Llama directory", "orbax directory")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json")
 
 
 def split_index(path: str) -> tuple[str, int | None]:
@@ -39,7 +44,7 @@ def split_index(path: str) -> tuple[str, int | None]:
 def format_of(path: str) -> str:
     file, _ = split_index(path)
     if os.path.isdir(file):
-        return "orbax"
+        return "hf-llama" if os.path.isfile(os.path.join(file, "config.json")) else "orbax"
     ext = os.path.splitext(file)[1].lower()
     if ext in (".npy", ".npz", ".msgpack"):
         return ext[1:]
@@ -85,6 +90,10 @@ def load_model(path: str, layout: VectorLayout) -> np.ndarray:
             with open(file, "rb") as f:
                 params = serialization.msgpack_restore(f.read())
             return _from_tree(params, layout, path)
+        if kind == "hf-llama":
+            from .llm import checkpoint
+
+            return _from_tree(checkpoint.load(file)[1], layout, path)
         return _load_orbax(file, layout, path)
     except (SeedModelError, DataError):
         raise
@@ -144,8 +153,12 @@ def _load_orbax(directory: str, layout: VectorLayout, path: str) -> np.ndarray:
     return _from_tree(params, layout, path)
 
 
-def save_model(path: str, vector, layout: VectorLayout) -> str:
-    """Write the flat model ``vector`` to ``path`` in the format its name implies; returns the path."""
+def save_model(path: str, vector, layout: VectorLayout, like: str | None = None) -> str:
+    """Write the flat model ``vector`` to ``path`` in the format its name implies; returns the path.
+
+    A directory path is an orbax checkpoint, or a Hugging Face Llama directory
+    when ``like`` (a model it was merged from) is one: its config and tokenizer files are reused.
+    """
     vector = np.asarray(vector)
     params = jax.tree.map(np.asarray, layout.unravel(vector))
     if path.endswith(".npy"):
@@ -158,6 +171,16 @@ def save_model(path: str, vector, layout: VectorLayout) -> str:
 
         with open(path, "wb") as f:
             f.write(serialization.to_bytes(params))
+    elif like is not None and format_of(like) == "hf-llama":
+        import shutil
+
+        from .llm import checkpoint
+        from .llm.config import LlamaConfig
+
+        checkpoint.save(path, LlamaConfig.load(like), params)
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(like, name)):
+                shutil.copy(os.path.join(like, name), os.path.join(path, name))
     else:
         from .checkpoint import _orbax
 
@@ -170,4 +193,4 @@ def save_model(path: str, vector, layout: VectorLayout) -> str:
 def merged_path(out: str, like: str) -> str:
     """Where ``m2n2 merge`` writes the merged model: out/merged.EXT in the first input's format."""
     kind = format_of(like)
-    return os.path.join(out, "merged" if kind == "orbax" else f"merged.{kind}")
+    return os.path.join(out, "merged" if kind in ("orbax", "hf-llama") else f"merged.{kind}")

@@ -15,6 +15,9 @@ TASKS = {
     "mnist5k": lambda **kw: mnist5k_task(**{k: v for k, v in kw.items() if k in _ONLY_MODEL_OPTIONS}),
 }
 
+# Plugins that ship with the package, by a short name.
+PLUGIN_ALIASES = {"llm-exact-match": "m2n2_jax.llm.task:exact_match_task"}
+
 
 def get_task(name: str, task_args: dict | None = None, **options) -> Task:
     """A built-in task by name, or a plugin 'module:function' / 'file.py:function' called with ``task_args``.
@@ -22,6 +25,7 @@ def get_task(name: str, task_args: dict | None = None, **options) -> Task:
     options (hidden, matmul_precision, data_dir, train_size) go to the built-in tasks that take them.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    name = PLUGIN_ALIASES.get(name, name)
     if is_plugin_spec(name):
         if options:
             raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in sorted(options))} configure the "
@@ -35,4 +39,4 @@ def get_task(name: str, task_args: dict | None = None, **options) -> Task:
     return TASKS[name](**options)
 
 
-__all__ = ["Task", "TASKS", "get_task", "custom_task", "digits_task", "mnist_task", "mnist5k_task"]
+__all__ = ["Task", "TASKS", "PLUGIN_ALIASES", "get_task", "custom_task", "digits_task", "mnist_task", "mnist5k_task"]

@@ -110,6 +110,16 @@ def load_task_factory(spec: str) -> Callable[..., Task]:
     return factory
 
 
+def takes_argument(factory: Callable, name: str) -> bool:
+    """Whether ``factory`` has a parameter called ``name``."""
+    import inspect
+
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def plugin_task(spec: str, **kwargs) -> Task:
     """Call the plugin's factory with ``kwargs`` and check that it made a Task."""
     factory = load_task_factory(spec)
