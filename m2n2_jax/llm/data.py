@@ -117,11 +117,15 @@ class Batch:
         return Batch(self.tokens[index], self.prompt_lengths[index], self.targets[index])
 
 
-def encode(tokenizer: WordTokenizer, examples, length: int | None = None) -> Batch:
-    """Tokenise (prompt, answer) pairs into a :class:`Batch`."""
+def encode(tokenizer, examples, length: int | None = None) -> Batch:
+    """Tokenise (prompt, answer) pairs into a :class:`Batch`.
+
+    ``tokenizer``: anything with encode(text) -> ids and bos_id / eos_id / pad_id
+    (a bos_id of None adds no begin token, as some Hugging Face tokenizers want).
+    """
     rows, prompt_lengths, answer_lengths = [], [], []
     for prompt, answer in examples:
-        p = [tokenizer.bos_id] + tokenizer.encode(prompt)
+        p = ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(prompt)
         a = tokenizer.encode(answer) + [tokenizer.eos_id]
         rows.append(p + a)
         prompt_lengths.append(len(p))

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..tasks.custom import custom_task
 from . import checkpoint, generate
-from .data import Batch
+from .data import Batch, encode
 
 
 def read_examples(path: str, limit: int | None = None) -> list[tuple[str, str]]:
@@ -85,25 +85,6 @@ def load_tokenizer(directory: str):
         raise DataError(f"{directory}/config.json has no eos_token_id; scoring needs to know where answers end.")
     pad = config.get("pad_token_id")
     return HFTokenizer(directory, config.get("bos_token_id"), int(eos), int(eos if pad is None else pad))
-
-
-def encode(tokenizer, examples, length: int | None = None) -> Batch:
-    """Tokenise (prompt, answer) pairs: [bos] prompt answer eos, right-padded; targets mark answer and eos."""
-    rows, starts = [], []
-    for prompt, answer in examples:
-        p = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt)
-        rows.append(p + tokenizer.encode(answer) + [tokenizer.eos_id])
-        starts.append(len(p))
-    longest = max(len(r) for r in rows)
-    length = length or longest
-    if length < longest:
-        raise ConfigError(f"seq_len {length} is shorter than the longest example ({longest} tokens); raise it.")
-    tokens = np.full((len(rows), length), tokenizer.pad_id, np.int32)
-    targets = np.zeros((len(rows), length), np.float32)
-    for i, row in enumerate(rows):
-        tokens[i, :len(row)] = row
-        targets[i, starts[i]:len(row)] = 1
-    return Batch(tokens, np.asarray(starts, np.int32), targets)
 
 
 def exact_match_task(model: str, data: str, test_data: str | None = None, max_examples: int | None = None,
