@@ -136,7 +136,9 @@ def plot_curves(path: str, records: Sequence[dict], title: str | None = None,
     ax.set_xlabel("forward passes")
     headlines = {headline_of(r) for r in records}
     ax.set_ylabel(f"{'/'.join(sorted(headlines)).replace('_', ' ')} (best training member)")
-    ax.set_title(title or f"{records[0]['task']}: mean ± standard error over {'/'.join(map(str, sorted(runs)))} runs")
+    counts = "/".join(map(str, sorted(runs)))
+    ax.set_title(title or (f"{records[0]['task']}: one run" if runs == {1} else
+                           f"{records[0]['task']}: mean ± standard error over {counts} runs"))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
