@@ -90,8 +90,20 @@ def trained(path: str, config, tokenizer, make, retrain: bool):
     return params
 
 
+def write_merge_data(models_dir: str, d: dict, s: Settings) -> dict:
+    """fitness.jsonl (the search's examples) and test.jsonl (held out, both tasks) for ``m2n2 merge``."""
+    files = {"fitness": [ex for t in TASKS for ex in d["splits"][t]["train"][:s.fitness_examples]],
+             "test": [ex for t in TASKS for ex in d["splits"][t]["test"]]}
+    paths = {}
+    for name, rows in files.items():
+        paths[name] = os.path.join(models_dir, f"{name}.jsonl")
+        with open(paths[name], "w") as f:
+            f.writelines(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows)
+    return paths
+
+
 def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
-        command: str = "python experiments/llm_merge.py --out docs/results/llm-merge") -> dict:
+        command: str = "python experiments/llm_merge.py --out docs/results/llm-merge", models_only: bool = False) -> dict:
     t_start = time.time()
     tokenizer = data.make_tokenizer()
     config = llama_config(s, tokenizer)
@@ -121,6 +133,14 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
                                     retrain)
         log(f"{task} specialist: math {accuracy(specialists[task], 'math'):.3f}, "
             f"agent {accuracy(specialists[task], 'agent'):.3f}")
+
+    if models_only:
+        paths = write_merge_data(models_dir, d, s)
+        log(f"wrote {paths['fitness']} and {paths['test']}; merge the specialists with:\n  m2n2 merge "
+            f"{os.path.join(models_dir, 'math')} {os.path.join(models_dir, 'agent')} --task llm-exact-match "
+            f"--task-arg data={paths['fitness']} --task-arg test_data={paths['test']} --batch {s.children_per_step} "
+            f"--forward-passes {s.budget} --seed {s.seed}")
+        return {"models": models_dir, **paths}
 
     layout = VectorLayout.of(base)
     base_vec = layout.ravel(base)
@@ -324,12 +344,15 @@ def main(argv=None) -> int:
     parser.add_argument("--base-steps", type=int, default=Settings.base_steps)
     parser.add_argument("--replay-weight", type=float, default=Settings.replay_weight,
                         help="weight of the replayed pre-training loss during fine-tuning (default 0: none)")
+    parser.add_argument("--models-only", action="store_true",
+                        help="only train (or load) the base and the two specialists and write fitness.jsonl and "
+                             "test.jsonl next to them, for m2n2 merge")
     args = parser.parse_args(argv)
     settings = Settings(budget=args.budget, math_steps=args.math_steps, agent_steps=args.agent_steps,
                         base_steps=args.base_steps, replay_weight=args.replay_weight)
     try:
         command = " ".join(["python experiments/llm_merge.py"] + list(sys.argv[1:] if argv is None else argv))
-        run(settings, args.out, args.models, args.retrain, command)
+        run(settings, args.out, args.models, args.retrain, command, models_only=args.models_only)
     except M2N2Error as error:
         print(f"error: {error}")
         return 2
