@@ -233,3 +233,19 @@ def test_plugin_task_merges_own_flax_models(run_main, tmp_path):
     assert res.returncode == 0, res.stderr
     evolved = json.loads((tmp_path / "evolved" / "results.json").read_text())
     assert evolved["headline_metric"] == "test_accuracy" and len(evolved["final_test_accuracy"]) == 1
+
+
+def test_merge_three_models_in_npy(run_main, tmp_path, digits_pair):
+    """Any number of seeds: the pair and their average, as flat .npy files; the merge is written as .npy too."""
+    task, vectors, _ = digits_pair
+    paths = []
+    for i, v in enumerate([vectors[0], vectors[1], vectors.mean(0)]):
+        paths.append(model_files.save_model(str(tmp_path / f"m{i}.npy"), v, task.layout))
+    res = run_main("merge", *paths, "--forward-passes", 60, "--batch", 3, "--out", tmp_path / "o", "--quiet",
+                   "--no-checkpoint")
+    assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [m["path"] for m in record["models"]] == paths
+    merged = np.load(tmp_path / "o" / "merged.npy")
+    assert merged.shape == (task.num_params,)
+    assert describe_models(task, merged[None])[0]["train_score"] == pytest.approx(record["merged"]["train_score"])
