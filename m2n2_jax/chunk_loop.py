@@ -84,12 +84,13 @@ def restore(directory: str, state, identity: dict):
 def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: list[int], fp_per_log: int,
                forward_passes: int, bar=None, checkpointing: Checkpointing = Checkpointing(),
                identity: dict | None = None, done_logs: int = 0, elapsed_before: float = 0.0,
-               start: float | None = None, step_offset: int = 0, extra_meta: dict | None = None):
+               start: float | None = None, step_offset: int = 0, extra_meta: dict | Callable | None = None):
     """Advance ``state`` to ``num_logs`` log points in chunks of ``sizes``.
 
     history: {name: [per-log arrays]}, extended in place with what the chunks log.
     step_offset, extra_meta: added to every checkpoint's step and JSON item (runs done
-    one after another share one directory this way).
+    one after another share one directory this way); extra_meta may be a callable
+    returning the dict at each save (state that is not arrays, e.g. recipes).
     Returns (state, wall seconds including those before a resume).
     """
     start = time.perf_counter() if start is None else start
@@ -98,7 +99,8 @@ def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: l
     last_save_logs, last_save_time = done_logs, time.perf_counter()
 
     def save(logs_done):
-        meta = {**(extra_meta or {}), "identity": identity, "done_logs": logs_done,
+        extra = extra_meta() if callable(extra_meta) else (extra_meta or {})
+        meta = {**extra, "identity": identity, "done_logs": logs_done,
                 "elapsed_seconds": elapsed_before + time.perf_counter() - start,
                 "history": {k: [np.asarray(row).tolist() for row in v] for k, v in history.items()}}
         checkpointer.save(step_offset + logs_done * fp_per_log, state, meta)

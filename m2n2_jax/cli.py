@@ -24,7 +24,7 @@ EVOLVE_DEFAULTS = {
 MERGE_DEFAULTS = {
     "models": None, "task": "digits", "task_args": None, "method": "m2n2", "runs": 1, "seed": 42,
     "forward_passes": 10_000, "batch": 1, "log_every": None, "archive_size": None, "alpha": None,
-    "mutation_std": None, "hidden": None, "matmul_precision": "float32",
+    "mutation_std": None, "hidden": None, "matmul_precision": "float32", "archive": "dense",
 }
 
 
@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--task-arg", dest="task_args", action="append", metavar="KEY=VALUE",
                     help="keyword argument for a task plugin (repeatable)")
     mg.add_argument("--method", help="m2n2 (default), an ablation, ga, map-elites or brute-force (two models)")
+    mg.add_argument("--archive", choices=("dense", "recipes"),
+                    help="'dense' (default): the archive holds P models; 'recipes': members are stored as "
+                         "piecewise combinations of the inputs (no mutation), so memory is the K inputs plus one "
+                         "working copy: for large models such as LLMs")
     mg.add_argument("--runs", type=_positive_int, help="independent runs (default 1); merged.EXT is the best run's")
     mg.add_argument("--seed", type=_non_negative_int, help="run r uses seed S + r (default 42)")
     mg.add_argument("--forward-passes", type=_positive_int, help="children evaluated per run (default 10000)")
@@ -326,6 +330,8 @@ def cmd_merge(args) -> int:
         method_config(method, children_per_step=settings["batch"],
                       **{k: settings[k] for k in ("archive_size", "alpha", "mutation_std") if settings[k] is not None})
         plan_logging(settings["forward_passes"], settings["batch"], settings["log_every"])
+    if settings["archive"] == "recipes":
+        _recipe_config(settings)
     _prepare_output(out, args)
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
     print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} runs={len(seeds)} "
@@ -336,10 +342,13 @@ def cmd_merge(args) -> int:
         checkpointing = dict(checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
                              checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
                              identity_extra={"cli": settings, "models_sha256": merge_models.fingerprint(vectors)})
-    res = run_method(method, task, seeds, settings["forward_passes"], init="pretrained",
-                     log_every=settings["log_every"], batch=settings["batch"], progress=not args.quiet,
-                     archive_size=settings["archive_size"], alpha=settings["alpha"],
-                     mutation_std=settings["mutation_std"], **checkpointing)
+    if settings["archive"] == "recipes":
+        res = _merge_with_recipes(settings, task, vectors, seeds, checkpointing, quiet=args.quiet)
+    else:
+        res = run_method(method, task, seeds, settings["forward_passes"], init="pretrained",
+                         log_every=settings["log_every"], batch=settings["batch"], progress=not args.quiet,
+                         archive_size=settings["archive_size"], alpha=settings["alpha"],
+                         mutation_std=settings["mutation_std"], **checkpointing)
     headline = task.headline_metric
     inputs = merge_models.describe_models(task, vectors)
     final_train = np.asarray(res.metrics["best_train_score"])[:, -1]
@@ -375,6 +384,36 @@ def cmd_merge(args) -> int:
              + ", ".join(f"{r[headline]:.4f}" for r in inputs) + ")" if headline in merged_rows[best] else "")
           + f"; wrote {merged_file}, results.json, table.md, curves.png")
     return 0
+
+
+def _recipe_config(settings: dict):
+    """The config of a recipe-archive merge, refusing what a recipe archive cannot run."""
+    from .config import METHODS, method_config
+    from .recipes import check_config
+
+    if settings["method"] not in METHODS:
+        raise ConfigError(f"--archive recipes runs the M2N2 family ({', '.join(METHODS)}), not "
+                          f"{settings['method']}; use --archive dense for it.")
+    config = method_config(settings["method"], children_per_step=settings["batch"],
+                           mutation_std=settings["mutation_std"] or 0.0,
+                           **{k: settings[k] for k in ("archive_size", "alpha") if settings[k] is not None})
+    check_config(config)
+    return config
+
+
+def _merge_with_recipes(settings: dict, task, vectors, seeds, checkpointing: dict, quiet: bool):
+    """A merge whose archives store recipes (m2n2_jax.recipe_runs): the M2N2 family, no mutation."""
+    from .chunk_loop import Checkpointing
+    from .recipe_runs import merge
+
+    config = _recipe_config(settings)
+    identity = {"config": config.to_dict(), "task": task.name, "seeds": seeds,
+                "forward_passes": settings["forward_passes"], "archive": "recipes",
+                **checkpointing.get("identity_extra", {})}
+    saving = Checkpointing(checkpointing.get("checkpoint_dir"), checkpointing.get("checkpoint_every"),
+                           checkpointing.get("checkpoint_seconds"), checkpointing.get("resume", False))
+    return merge(config, task, vectors, seeds, settings["forward_passes"], log_every=settings["log_every"],
+                 progress=not quiet, checkpointing=saving, identity=identity)
 
 
 def cmd_compare(args) -> int:

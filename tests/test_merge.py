@@ -249,3 +249,49 @@ def test_merge_three_models_in_npy(run_main, tmp_path, digits_pair):
     merged = np.load(tmp_path / "o" / "merged.npy")
     assert merged.shape == (task.num_params,)
     assert describe_models(task, merged[None])[0]["train_score"] == pytest.approx(record["merged"]["train_score"])
+
+
+def test_recipe_archive_equals_dense_archive(run_main, tmp_path, digits_pair):
+    """--archive recipes stores members as combinations of the inputs and follows the dense run exactly."""
+    _, _, paths = digits_pair
+    records = {}
+    for archive in ("dense", "recipes"):
+        res = run_main("merge", *paths, "--forward-passes", 240, "--runs", 2, "--archive", archive,
+                       "--out", tmp_path / archive, "--quiet", "--no-checkpoint")
+        assert res.returncode == 0, res.stderr
+        records[archive] = json.loads((tmp_path / archive / "results.json").read_text())
+    dense, rec = records["dense"], records["recipes"]
+    assert rec["inserted"] == dense["inserted"] and rec["inserted"][0][-1] > 10  # the archive really changed
+    assert rec["test_accuracy"] == dense["test_accuracy"]
+    assert rec["best_train_score"] == dense["best_train_score"]
+    assert rec["merged"]["test_accuracy"] == pytest.approx(dense["merged"]["test_accuracy"])
+    memory = rec["archive_memory"]
+    assert memory["recipe_archive_bytes"] < memory["dense_archive_bytes"] / 3
+
+
+def test_recipe_archive_resumes_exactly(run_main, tmp_path, digits_pair):
+    _, _, paths = digits_pair
+    out = tmp_path / "r"
+    args = ["merge", *paths, "--archive", "recipes", "--forward-passes", 300, "--checkpoint-every", 100,
+            "--log-every", 20, "--quiet"]
+    assert run_main(*args, "--out", out).returncode == 0
+    whole = json.loads((out / "results.json").read_text())
+    shutil.rmtree(out / "checkpoints" / "200")
+    shutil.rmtree(out / "checkpoints" / "300")
+    os.remove(out / "results.json")
+    res = run_main("merge", "--resume", out, "--quiet")
+    assert res.returncode == 0, res.stderr
+    resumed = json.loads((out / "results.json").read_text())
+    for field in ("test_accuracy", "best_train_score", "inserted"):
+        assert resumed[field] == whole[field], field
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--mutation-std", "0.01"], "needs mutation_std = 0"),
+    (["--method", "map-elites"], "--archive recipes runs the M2N2 family"),
+])
+def test_recipe_archive_mistakes(run_main, tmp_path, digits_pair, extra, needle):
+    _, _, paths = digits_pair
+    res = run_main("merge", *paths, "--archive", "recipes", *extra, "--forward-passes", 20,
+                   "--out", tmp_path / "o", "--quiet")
+    assert_one_line_error(res, needle)
