@@ -207,7 +207,6 @@ def cmd_evolve(args) -> int:
 
     from . import results
     from .methods import CHECKPOINTING_METHODS, DEFAULT_FORWARD_PASSES, check_method, run_method
-    from .tasks import get_task
 
     settings = resolve_settings(args)
     method, init = settings["method"], settings["init"]
@@ -299,7 +298,7 @@ def _task_of(settings: dict, args, first_model: str | None = None, **options):
 def cmd_merge(args) -> int:
     import numpy as np
 
-    from . import merge_models, model_files, results
+    from . import merge_models, model_files
     from .methods import run_method
 
     settings = resolve_settings(args, MERGE_DEFAULTS)
@@ -349,6 +348,17 @@ def cmd_merge(args) -> int:
                          log_every=settings["log_every"], batch=settings["batch"], progress=not args.quiet,
                          archive_size=settings["archive_size"], alpha=settings["alpha"],
                          mutation_std=settings["mutation_std"], **checkpointing)
+    _write_merge_outputs(out, paths, settings, task, vectors, res, seeds)
+    return 0
+
+
+def _write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, seeds) -> None:
+    """merged.EXT, results.json, curves.png, table.md (and best_models.npz for dense archives)."""
+    import numpy as np
+
+    from . import merge_models, model_files, results
+
+    method = settings["method"]
     headline = task.headline_metric
     inputs = merge_models.describe_models(task, vectors)
     final_train = np.asarray(res.metrics["best_train_score"])[:, -1]
@@ -377,13 +387,13 @@ def cmd_merge(args) -> int:
                 + merge_models.table_markdown(names, rows, headline)
                 + "\nTrain score: mean per-datapoint score on the data the search sees. The merged model is the "
                   "archive member with the highest train score of the run whose member scores highest.\n")
-    np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best, seeds=np.asarray(seeds))
+    if settings["archive"] == "dense":  # with recipes the models may be huge: only the merge is written
+        np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best, seeds=np.asarray(seeds))
     best_input = max(range(len(paths)), key=lambda i: inputs[i]["train_score"])
     print(f"merged: train score {merged_rows[best]['train_score']:.4f} (best input {inputs[best_input]['train_score']:.4f})"
           + (f", {headline.replace('_', ' ')} {merged_rows[best][headline]:.4f} (inputs "
              + ", ".join(f"{r[headline]:.4f}" for r in inputs) + ")" if headline in merged_rows[best] else "")
           + f"; wrote {merged_file}, results.json, table.md, curves.png")
-    return 0
 
 
 def _recipe_config(settings: dict):

@@ -1,7 +1,6 @@
 """Generated tasks: determinism, correct answers, disjoint splits, encoding."""
 import re
 
-import numpy as np
 import pytest
 
 from m2n2_jax.errors import ConfigError
