@@ -142,3 +142,30 @@ def test_cli_killed_or_interrupted_then_resumed_equals_uninterrupted(tmp_path, s
     bad = subprocess.run([sys.executable, "-m", "m2n2_jax", "evolve", "--resume", str(cut_dir), "--alpha", "0.5"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--alpha" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_resume_a_run_started_under_the_old_noise_default(tmp_path, monkeypatch, capsys):
+    """Runs checkpointed when the default noise was 'hash' resume with it, and end as they would have."""
+    import json
+    import shutil
+
+    from m2n2_jax import cli, config as config_module, methods
+
+    real = config_module.method_config
+
+    def old_default(method, **overrides):
+        return real(method, **{"noise": "hash", **{k: v for k, v in overrides.items() if v is not None}})
+
+    args = ["evolve", "--forward-passes", "600", "--checkpoint-every", "200", "--log-every", "100", "--quiet"]
+    monkeypatch.setattr(methods, "method_config", old_default)
+    assert cli.main(args + ["--out", str(tmp_path / "old")]) == 0
+    whole = json.loads((tmp_path / "old" / "results.json").read_text())
+    assert whole["config"]["noise"] == "hash"
+    for step in ("400", "600"):
+        shutil.rmtree(tmp_path / "old" / "checkpoints" / step)
+    (tmp_path / "old" / "results.json").unlink()
+    monkeypatch.setattr(methods, "method_config", real)  # the current default (threefry)
+    assert cli.main(["evolve", "--resume", str(tmp_path / "old"), "--quiet"]) == 0, capsys.readouterr().err
+    resumed = json.loads((tmp_path / "old" / "results.json").read_text())
+    assert resumed["config"]["noise"] == "hash"
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
