@@ -71,7 +71,8 @@ def main(root):
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {paper} | {reach_txt} | {rec['wall_seconds']:.0f} |")
         lines += ["", "How each ran (float results depend on the evaluation batch, so trajectories can differ "
                   "in the last bits between settings): " + "; ".join(
-                      f"{m}: eval batch {r['execution']['eval_batch_size']} on {r['execution']['devices']} "
+                      f"{m}: {r['config'].get('noise', 'hash')} noise, eval batch {r['execution']['eval_batch_size']} "
+                      f"on {r['execution']['devices']} "
                       f"device(s){' by ' + r['execution']['sharding'] if r['execution']['sharding'] else ''}"
                       if "execution" in r else f"{m}: not recorded"
                       for m, r in zip(methods, records)) + "."]
