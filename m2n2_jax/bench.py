@@ -22,15 +22,17 @@ from .config import M2N2Config
 from .per_child_loop import PerChildLoop
 from .tasks import digits_task
 
-# (label, runs, children per step, eval batch size, matmul precision of the scores, all devices?)
+# (label, runs, children per step, eval batch size, matmul precision of the scores, all devices?, mutation noise)
 ENGINE_SETTINGS = [
-    ("engine, 1 run, B=1", 1, 1, 1, "float32", False),
-    ("engine, 10 runs, B=1", 10, 1, 1, "float32", False),
-    ("engine, 10 runs, B=1, {n} CPU devices", 10, 1, 1, "float32", True),
-    ("engine, 1 run, B=16", 1, 16, 1, "float32", False),
-    ("engine, 20 runs, B=4, {n} CPU devices", 20, 4, 1, "float32", True),
-    ("engine, 1 run, B=16, bf16 scoring", 1, 16, 1, "bfloat16", False),
-    ("engine, 10 runs, B=1, {n} CPU devices, bf16 scoring", 10, 1, 1, "bfloat16", True),
+    ("engine, 1 run, B=1", 1, 1, 1, "float32", False, "threefry"),
+    ("engine, 10 runs, B=1", 10, 1, 1, "float32", False, "threefry"),
+    ("engine, 10 runs, B=1, {n} CPU devices", 10, 1, 1, "float32", True, "threefry"),
+    ("engine, 10 runs, B=1, {n} CPU devices, hash noise", 10, 1, 1, "float32", True, "hash"),
+    ("engine, 1 run, B=16", 1, 16, 1, "float32", False, "threefry"),
+    ("engine, 20 runs, B=4, {n} CPU devices", 20, 4, 1, "float32", True, "threefry"),
+    ("engine, 1 run, B=16, bf16 scoring", 1, 16, 1, "bfloat16", False, "threefry"),
+    ("engine, 10 runs, B=1, {n} CPU devices, bf16 scoring", 10, 1, 1, "bfloat16", True, "threefry"),
+    ("engine, 10 runs, B=1, {n} CPU devices, bf16 scoring, hash noise", 10, 1, 1, "bfloat16", True, "hash"),
 ]
 # (label, children, eval batch size, matmul precision)
 EVAL_SETTINGS = [
@@ -39,8 +41,8 @@ EVAL_SETTINGS = [
 ]
 
 
-def _engine_timer(task, runs, batch, eval_batch, forward_passes, devices=None):
-    config = M2N2Config(children_per_step=batch)
+def _engine_timer(task, runs, batch, eval_batch, forward_passes, devices=None, noise: str = "threefry"):
+    config = M2N2Config(children_per_step=batch, noise=noise)
     steps_per_log = max(1, 100 // batch)
     num_logs = max(1, forward_passes // (steps_per_log * batch))
     mesh = runner.device_mesh(devices, runs, batch) if devices else None
@@ -115,12 +117,12 @@ def run_benchmark(forward_passes: int = 2000, loop_forward_passes: int = 300, re
     timers = {loop_label: _loop_timer(tasks["float32"], loop_forward_passes)}
     precision = {loop_label: "float32"}
     devices = jax.devices()
-    for label, runs, batch, eval_batch, prec, all_devices in ENGINE_SETTINGS:
+    for label, runs, batch, eval_batch, prec, all_devices, noise in ENGINE_SETTINGS:
         if all_devices and len(devices) == 1:
             continue  # one device: the single-device rows say it all
         label = label.format(n=len(devices))
         timers[label] = _engine_timer(tasks[prec], runs, batch, eval_batch, forward_passes,
-                                      devices if all_devices else None)
+                                      devices if all_devices else None, noise)
         precision[label] = prec
     for label, children, eval_batch, prec in EVAL_SETTINGS:
         timers[label] = _eval_only_timer(tasks[prec], children, eval_batch, forward_passes)
@@ -143,7 +145,8 @@ def run_benchmark(forward_passes: int = 2000, loop_forward_passes: int = 300, re
     table.append(f"\nFLOP ceiling: dense 2048^3 GEMM at {max(gemm['float32']):.0f} GFLOP/s (float32) and "
                  f"{max(gemm['bfloat16']):.0f} GFLOP/s (bfloat16 operands, float32 accumulation) / "
                  f"{flops / 1e6:.1f} MFLOP per forward pass = {ceiling['float32']:,.0f} and "
-                 f"{ceiling['bfloat16']:,.0f} forward passes/s. bf16 rows use the bfloat16 ceiling.")
+                 f"{ceiling['bfloat16']:,.0f} forward passes/s. bf16 rows use the bfloat16 ceiling. "
+                 "Engine rows draw mutation noise with threefry (the default) unless they say hash noise.")
     text = "\n".join(table)
     print(text)
     record = {"forward_passes_per_second": best, "samples": samples, "ratio_to_loop":
