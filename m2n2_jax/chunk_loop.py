@@ -81,6 +81,45 @@ def restore(directory: str, state, identity: dict):
     return state, history, int(meta["done_logs"]), float(meta["elapsed_seconds"])
 
 
+class _StopOnCtrlC:
+    """Turn the first Ctrl-C into a request to stop after the current chunk.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be. Inside an
+    orbax save that means inside ``asyncio.run``, whose own SIGINT handling cancels the
+    save's task; orbax treats the cancellation as done and the interrupt was lost (the
+    run went on to the end). With this handler the save completes, the loop stops at
+    the next chunk boundary, saves and raises :class:`Interrupted`. A second Ctrl-C
+    aborts at once. Only the main thread can install it; elsewhere it does nothing.
+    """
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        import sys
+
+        if self.requested:  # a second Ctrl-C: abort now
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        print("m2n2: stopping after the current chunk and saving; press Ctrl-C again to abort without saving.",
+              file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: list[int], fp_per_log: int,
                forward_passes: int, bar=None, checkpointing: Checkpointing = Checkpointing(),
                identity: dict | None = None, done_logs: int = 0, elapsed_before: float = 0.0,
@@ -105,8 +144,11 @@ def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: l
                 "history": {k: [np.asarray(row).tolist() for row in v] for k, v in history.items()}}
         checkpointer.save(step_offset + logs_done * fp_per_log, state, meta)
 
+    stop = _StopOnCtrlC()
     try:
         while done_logs < num_logs:
+            if stop.requested:
+                raise KeyboardInterrupt
             size = min(sizes[0], num_logs - done_logs)
             new_state, logged = chunk(state, size)
             logged = jax.device_get(logged)
@@ -133,6 +175,7 @@ def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: l
                      f"{checkpointer.path}; continue with --resume")
         raise Interrupted(f"interrupted by the user; {where}.") from None
     finally:
+        stop.restore()
         if checkpointer is not None:
             checkpointer.close()
     jax.block_until_ready(state)

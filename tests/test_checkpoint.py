@@ -169,3 +169,27 @@ def test_resume_a_run_started_under_the_old_noise_default(tmp_path, monkeypatch,
     resumed = json.loads((tmp_path / "old" / "results.json").read_text())
     assert resumed["config"]["noise"] == "hash"
     assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+def test_sigint_inside_a_checkpoint_save_stops_at_the_next_chunk(digits, tmp_path, monkeypatch, capsys):
+    """Ctrl-C that lands while orbax saves (inside asyncio.run, which used to swallow it) stops the run."""
+    config = M2N2Config(children_per_step=4)
+    full = evolve(config, digits, [3, 4], 400, **SETTINGS)
+    real_save = RunCheckpointer.save
+    saves = []
+
+    def save_with_ctrl_c(self, step, state, meta):
+        saves.append(step)
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, in the middle of the save
+        real_save(self, step, state, meta)
+
+    monkeypatch.setattr(RunCheckpointer, "save", save_with_ctrl_c)
+    with pytest.raises(Interrupted, match="saved a checkpoint at 160 forward passes"):
+        evolve(config, digits, [3, 4], 400, checkpoint_dir=str(tmp_path), checkpoint_every=80, **SETTINGS)
+    assert saves == [80, 160] and "press Ctrl-C again" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(RunCheckpointer, "save", real_save)
+    resumed = evolve(config, digits, [3, 4], 400, checkpoint_dir=str(tmp_path), resume=True, **SETTINGS)
+    np.testing.assert_array_equal(resumed.state.archive.scores, full.state.archive.scores)
+    np.testing.assert_array_equal(resumed.metrics["test_accuracy"], full.metrics["test_accuracy"])
