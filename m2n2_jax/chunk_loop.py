@@ -84,12 +84,14 @@ def restore(directory: str, state, identity: dict):
 class _StopOnCtrlC:
     """Turn the first Ctrl-C into a request to stop after the current chunk.
 
-    Python raises KeyboardInterrupt wherever the main thread happens to be. Inside an
-    orbax save that means inside ``asyncio.run``, whose own SIGINT handling cancels the
-    save's task; orbax treats the cancellation as done and the interrupt was lost (the
-    run went on to the end). With this handler the save completes, the loop stops at
-    the next chunk boundary, saves and raises :class:`Interrupted`. A second Ctrl-C
-    aborts at once. Only the main thread can install it; elsewhere it does nothing.
+    Without it Python raises KeyboardInterrupt wherever the main thread happens to
+    be, for instance in the middle of an orbax save (orbax writes atomically, so
+    that cost a checkpoint, not a corrupt one). With it the chunk and its save
+    complete, the loop stops at the chunk boundary, saves and raises
+    :class:`Interrupted`; a second Ctrl-C aborts at once. Installed only from the
+    main thread and only over Python's default handler: a process that ignores
+    SIGINT (one started as a background job by a non-interactive shell inherits
+    SIG_IGN) keeps ignoring it.
     """
 
     def __init__(self):
