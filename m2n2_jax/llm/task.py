@@ -119,5 +119,5 @@ def exact_match_task(model: str, data: str, test_data: str | None = None, max_ex
     metrics = None if test is None else (lambda p: {"test_exact_match": jnp.mean(exact_match(p, test))})
     return custom_task("llm-exact-match", params, lambda p: exact_match(p, train), metrics,
                        info={"model": f"Llama {config.num_hidden_layers} layers, hidden {config.hidden_size}",
-                             "data": os.path.abspath(data), "test_data": test_data and os.path.abspath(test_data),
+                             "data": data, "test_data": test_data,  # as given: results files travel
                              "train_size": len(train), "test_size": 0 if test is None else len(test)})
