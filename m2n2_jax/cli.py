@@ -282,12 +282,13 @@ def _task_of(settings: dict, args, first_model: str | None = None, **options):
     --task-arg model=... says otherwise (llm-exact-match reads the architecture and tokenizer from it).
     """
     from .tasks import PLUGIN_ALIASES, get_task
-    from .tasks.custom import is_plugin_spec, load_task_factory, parse_task_args, takes_argument
+    from .tasks.custom import is_plugin_spec, load_task_factory, parse_task_args, plugin_task, takes_argument
 
     spec = PLUGIN_ALIASES.get(settings["task"], settings["task"])
     if is_plugin_spec(spec):
         task_args = parse_task_args(settings["task_args"])
-        if first_model is not None and "model" not in task_args and takes_argument(load_task_factory(spec), "model"):
+        factory = load_task_factory(spec)  # once: a file plugin is executed when loaded
+        if first_model is not None and "model" not in task_args and takes_argument(factory, "model"):
             task_args["model"] = first_model
         given = [f"--{k.replace('_', '-')}" for k in ("hidden", "train_size") if settings.get(k) is not None]
         given += ["--data-dir"] if getattr(args, "data_dir", None) else []
@@ -295,7 +296,7 @@ def _task_of(settings: dict, args, first_model: str | None = None, **options):
         if given:
             raise ConfigError(f"{', '.join(given)} configure the built-in tasks; pass a plugin's settings as "
                               "--task-arg KEY=VALUE.")
-        return get_task(spec, task_args=task_args)
+        return plugin_task(spec, factory, **task_args)
     if settings["task_args"]:
         raise ConfigError(f"--task-arg is for task plugins (module:function); the built-in task "
                           f"{settings['task']!r} takes none.")

@@ -120,9 +120,9 @@ def takes_argument(factory: Callable, name: str) -> bool:
         return False
 
 
-def plugin_task(spec: str, **kwargs) -> Task:
-    """Call the plugin's factory with ``kwargs`` and check that it made a Task."""
-    factory = load_task_factory(spec)
+def plugin_task(spec: str, factory: Callable | None = None, **kwargs) -> Task:
+    """Call the plugin's factory (loaded from ``spec`` unless given) with ``kwargs``; check that it made a Task."""
+    factory = factory or load_task_factory(spec)
     try:
         task = factory(**kwargs)
     except TypeError as err:
