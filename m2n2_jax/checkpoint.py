@@ -19,6 +19,7 @@ import warnings
 import jax
 import numpy as np
 
+from .distributed import host_tree  # multi-host: every process saves the gathered state
 from .errors import M2N2Error
 
 FORMAT_VERSION = 1
@@ -55,7 +56,7 @@ class RunCheckpointer:
         if int(step) in self._manager.all_steps():  # e.g. a damaged one we fell back from
             self._manager.delete(int(step))
         self._manager.save(int(step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)), force=True)
+            state=ocp.args.StandardSave(host_tree(state)), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
 
     def restore_latest(self, target_state):
@@ -65,7 +66,7 @@ class RunCheckpointer:
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.path}; start the run without --resume "
                                   "(or point --resume at the directory the run wrote).")
-        target = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), jax.device_get(target_state))
+        target = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), host_tree(target_state))
         for step in reversed(steps):
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(

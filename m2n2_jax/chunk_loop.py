@@ -18,6 +18,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from . import distributed
 from .checkpoint import RunCheckpointer
 from .errors import ConfigError, M2N2Error
 
@@ -153,7 +154,7 @@ def run_chunks(chunk: Callable, state, history: dict, *, num_logs: int, sizes: l
                 raise KeyboardInterrupt
             size = min(sizes[0], num_logs - done_logs)
             new_state, logged = chunk(state, size)
-            logged = jax.device_get(logged)
+            logged = distributed.host_tree(logged)  # multi-host: all-gathered runs
             state = new_state
             for k, v in logged.items():
                 history[k].extend(np.asarray(v))

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from . import runner
+from . import distributed, runner
 from .chunk_loop import Checkpointing, Interrupted, differing_fields, restore, run_chunks  # noqa: F401 (re-exported)
 from .config import M2N2Config
 from .errors import ConfigError, SeedModelError
@@ -96,6 +96,7 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     state = runner.init_runs(config, task, seeds, seed_models)
     history = {k: [np.asarray(v)] for k, v in jax.device_get(runner.archive_metrics(task, state.archive)).items()}
     done_logs, elapsed_before = 0, 0.0
+    distributed.check_agreement(distributed.run_digests(identity, task, seed_models))  # multi-host: one line if they differ
     if resume:
         state, history, done_logs, elapsed_before = restore(checkpoint_dir, state, identity)
 
@@ -107,6 +108,7 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     state, wall = run_chunks(chunk, state, history, num_logs=num_logs, sizes=sizes, fp_per_log=fp_per_log,
                              forward_passes=forward_passes, bar=bar, checkpointing=checkpointing,
                              identity=identity, done_logs=done_logs, elapsed_before=elapsed_before, start=start)
+    state = distributed.local_tree(state)  # multi-host: every process gets all runs
     fps = [i * fp_per_log for i in range(num_logs + 1)]
     metrics = {k: np.stack(v, axis=1) for k, v in history.items()}
     execution = {"platform": jax.default_backend(), "eval_batch_size": int(eval_batch_size),
@@ -116,7 +118,12 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
 
 
 def _progress_bar(progress, total: int, runs: int, initial: int = 0):
-    """A tqdm bar over all runs' forward passes (so its rate is the throughput), or the given callable."""
+    """A tqdm bar over all runs' forward passes (so its rate is the throughput), or the given callable.
+
+    Multi-host: process 0 only.
+    """
+    if not distributed.is_main():
+        return None
     if callable(progress):
         return progress
     if not progress:

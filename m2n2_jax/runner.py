@@ -57,7 +57,7 @@ def device_mesh(devices, num_runs: int, children_per_step: int = 1):
     import numpy as np
 
     explicit = devices is not None  # only then is an idle device worth a warning
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = list(jax.devices() if devices is None else devices)  # one process: its local devices
     if not devices:
         raise ConfigError("no devices to run on; pass --devices 1 or more.")
 
@@ -73,7 +73,12 @@ def device_mesh(devices, num_runs: int, children_per_step: int = 1):
     if usable == 1:
         return None
     axis = "runs" if by_runs == by_children else "children"
-    return jax.sharding.Mesh(np.array(devices[:usable]), (axis,))
+    chosen = devices[:usable]
+    if jax.process_count() > 1:  # multi-host: every process runs the program, so each needs a device in it
+        from .distributed import check_mesh_spans_processes
+
+        chosen = check_mesh_spans_processes(devices, usable, num_runs if axis == "runs" else num_runs * children_per_step)
+    return jax.sharding.Mesh(np.array(chosen), (axis,))
 
 
 def sharded_evaluate(score_vector, mesh, batch_size: int):
