@@ -76,6 +76,18 @@ def _add_output_options(parser, default_out: str, checkpoint_every: int) -> None
     parser.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
 
 
+def _add_distributed_options(parser) -> None:
+    """--distributed and the explicit coordinator options of a multi-host run (docs/multi-device.md)."""
+    group = parser.add_argument_group("multi-host runs (one process per host, all started with the same options)")
+    group.add_argument("--distributed", action="store_true",
+                       help="start JAX's multi-controller runtime (jax.distributed.initialize) and spread runs or "
+                            "children over the devices of all processes; alone, JAX detects TPU pods, SLURM and "
+                            "Open MPI; process 0 writes the results")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    group.add_argument("--num-processes", type=_positive_int, help="number of processes (implies --distributed)")
+    group.add_argument("--process-id", type=_non_negative_int, help="this process's index, 0..N-1 (implies --distributed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import ALL_METHODS, INITS
     from .tasks import TASKS
@@ -119,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--train-size", type=_positive_int, help="mnist/fashion-mnist: use the first N training images")
     ev.add_argument("--data-dir", help="mnist/fashion-mnist data directory (default $M2N2_DATA_DIR or ~/.cache)")
     _add_output_options(ev, default_out="runs/TASK-METHOD", checkpoint_every=5000)
+    _add_distributed_options(ev)
     ev.add_argument("--devices", type=_positive_int, help="use at most N local devices (default all)")
     ev.add_argument("--cpu-devices", type=_positive_int,
                     help="on a CPU, expose N devices (default: one per core, at most 8) so that runs advance "
@@ -154,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="built-in tasks: precision of the scoring matmuls (default float32)")
     mg.add_argument("--data-dir", help="mnist/fashion-mnist data directory")
     _add_output_options(mg, default_out="runs/merge-TASK", checkpoint_every=2000)
+    _add_distributed_options(mg)
     mg.add_argument("--cpu-devices", type=_positive_int, help="on a CPU, expose N devices (default one per core)")
     mg.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -214,6 +228,7 @@ def cmd_evolve(args) -> int:
     import numpy as np
 
     from . import results
+    from . import distributed
     from .methods import CHECKPOINTING_METHODS, DEFAULT_FORWARD_PASSES, check_method, run_method
 
     settings = resolve_settings(args)
@@ -232,16 +247,16 @@ def cmd_evolve(args) -> int:
                       **{k: settings[k] for k in ("archive_size", "alpha", "mutation_std", "noise")
                          if settings[k] is not None})
         plan_logging(forward_passes, settings["batch"], settings["log_every"])
-    _prepare_output(out, args)
+    distributed.main_first(_prepare_output, out, args)  # multi-host: process 0 prepares, the others wait
     devices = None
     if args.devices:
-        available = jax.local_devices()
+        available = jax.devices()  # one process: its local devices; multi-host: all processes' devices
         if args.devices > len(available):
-            raise ConfigError(f"--devices {args.devices} but only {len(available)} local device(s) exist; "
+            raise ConfigError(f"--devices {args.devices} but only {len(available)} device(s) exist; "
                               f"pass --devices {len(available)} or fewer.")
         devices = available[:args.devices]
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
-    print(f"m2n2 evolve: task={task.name} method={method} init={init} runs={len(seeds)} "
+    distributed.is_main() and print(f"m2n2 evolve: task={task.name} method={method} init={init} runs={len(seeds)} "
           f"seeds={seeds[0]}..{seeds[-1]} forward_passes={forward_passes} batch={settings['batch']} -> {out}"
           f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
     checkpointing = {}
@@ -256,6 +271,8 @@ def cmd_evolve(args) -> int:
                      key_order=settings["key_order"], sigma=settings["sigma"], archive_size=settings["archive_size"],
                      alpha=settings["alpha"], mutation_std=settings["mutation_std"], noise=settings["noise"],
                      devices=devices, **checkpointing)
+    if not distributed.is_main():  # multi-host: every process has the results, process 0 writes them
+        return 0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
     record = results.results_record(
         method=method, task=task.name, seeds=seeds, forward_passes=res.forward_passes,
@@ -307,7 +324,7 @@ def _task_of(settings: dict, args, first_model: str | None = None, **options):
 def cmd_merge(args) -> int:
     import numpy as np
 
-    from . import merge_models, model_files
+    from . import distributed, merge_models, model_files
     from .methods import run_method
 
     settings = resolve_settings(args, MERGE_DEFAULTS)
@@ -340,9 +357,9 @@ def cmd_merge(args) -> int:
         plan_logging(settings["forward_passes"], settings["batch"], settings["log_every"])
     if settings["archive"] == "recipes":
         _recipe_config(settings)
-    _prepare_output(out, args)
+    distributed.main_first(_prepare_output, out, args)
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
-    print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} runs={len(seeds)} "
+    distributed.is_main() and print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} runs={len(seeds)} "
           f"forward_passes={settings['forward_passes']} -> {out}{' (resuming)' if args.resume else ''}",
           file=sys.stderr)
     checkpointing = {}
@@ -358,7 +375,8 @@ def cmd_merge(args) -> int:
                          log_every=settings["log_every"], batch=settings["batch"], progress=not args.quiet,
                          archive_size=settings["archive_size"], alpha=settings["alpha"],
                          mutation_std=settings["mutation_std"], **checkpointing)
-    _write_merge_outputs(out, paths, settings, task, vectors, res, seeds)
+    if distributed.is_main():  # multi-host: process 0 writes
+        _write_merge_outputs(out, paths, settings, task, vectors, res, seeds)
     return 0
 
 
@@ -511,6 +529,15 @@ def expose_cpu_devices(count: int | None) -> int:
     return count
 
 
+def _start_distributed(args) -> None:
+    """Multi-host: start jax.distributed when --distributed or the coordinator options are given."""
+    explicit = [getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")]
+    if getattr(args, "distributed", False) or any(v is not None for v in explicit):
+        from . import distributed
+
+        distributed.initialize(*explicit)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -518,11 +545,15 @@ def main(argv=None) -> int:
     if args.command in ("evolve", "bench", "merge"):
         expose_cpu_devices(args.cpu_devices)
     try:
+        _start_distributed(args)
         return {"evolve": cmd_evolve, "merge": cmd_merge, "compare": cmd_compare,
                 "bench": cmd_bench}[args.command](args)
     except M2N2Error as err:
         from .evolution import Interrupted
 
+        from . import distributed
+
+        distributed.report_start_failure(err)  # multi-host: the other processes stop too
         print(f"m2n2: {'stopped' if isinstance(err, Interrupted) else 'error'}: {err}", file=sys.stderr)
         return 130 if isinstance(err, Interrupted) else 2
     except KeyboardInterrupt:

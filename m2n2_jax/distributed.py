@@ -29,6 +29,9 @@ import numpy as np
 from .errors import ConfigError, M2N2Error
 
 MESSAGE_BYTES = 400  # room for one process's error message in the start-up exchange
+MAX_PARTS = 8        # digests per exchange (fixed, so every exchange has one shape)
+# initialize() called / a start-up failure shared already / past the start checks
+_started = {"initialized": False, "told": False, "running": False}
 
 
 class DistributedError(M2N2Error):
@@ -54,9 +57,13 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                           f"{num_processes}).")
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # a coordinator on the loopback address listens there only (JAX's default binds all interfaces)
+    loopback = coordinator is not None and coordinator.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id, initialization_timeout=timeout_seconds)
+                                   process_id=process_id, initialization_timeout=timeout_seconds,
+                                   coordinator_bind_address=coordinator if loopback else None)
+        _started["initialized"] = True
     except (ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"could not start the multi-host runtime ({first[:300]}); pass --coordinator "
@@ -175,9 +182,12 @@ def check_agreement(parts, error: BaseException | None = None) -> None:
         except M2N2Error as err:  # e.g. data missing on this host: tell the others
             parts, error = {}, error or err
     names = sorted(parts)
-    digests = np.zeros((len(names), 32), np.uint8)
+    if len(names) >= MAX_PARTS:
+        raise ValueError(f"at most {MAX_PARTS - 1} parts per exchange")
+    digests = np.zeros((MAX_PARTS, 32), np.uint8)
     for i, name in enumerate(names):
         digests[i] = np.frombuffer(bytes.fromhex(digest(parts[name])), np.uint8)
+    digests[-1] = np.frombuffer(bytes.fromhex(digest(names)), np.uint8)  # which exchange this is
     message = np.zeros(MESSAGE_BYTES, np.uint8)
     if error is not None:
         text = str(error).encode()[:MESSAGE_BYTES]
@@ -185,15 +195,19 @@ def check_agreement(parts, error: BaseException | None = None) -> None:
     mine = {"failed": np.asarray([error is not None], np.int32), "digests": digests, "message": message}
     every = multihost_utils.process_allgather(mine)  # leading axis: process index
     me = jax.process_index()
+    failed = [p for p in range(process_count()) if every["failed"][p, 0]]
+    _started["told"] = bool(failed)
     if error is not None:
         raise error
-    failed = [p for p in range(process_count()) if every["failed"][p, 0]]
     if failed:
         p = failed[0]
         text = bytes(every["message"][p]).rstrip(b"\0").decode(errors="replace")
         raise DistributedError(f"process {p} failed at start ({text}); this process (process {me}) stops too.")
     differ = {}
     for p in range(process_count()):
+        if not np.array_equal(every["digests"][p, -1], every["digests"][0, -1]):
+            differ.setdefault("the point they reached (different commands or versions)", []).append(p)
+            continue
         for i, name in enumerate(names):
             if not np.array_equal(every["digests"][p, i], every["digests"][0, i]):
                 differ.setdefault(name, []).append(p)
@@ -224,6 +238,47 @@ def check_mesh_spans_processes(devices, usable: int, count: int) -> list:
                           f"the {process_count()} processes without work; choose runs (or runs x batch) divisible "
                           f"by the number of processes ({process_count()}).")
     return chosen
+
+
+def started() -> None:
+    """Mark the start-up checks as passed: later failures are no longer shared by :func:`report_start_failure`."""
+    _started["running"] = True
+
+
+def report_start_failure(error: M2N2Error) -> None:
+    """Tell the other processes that this one failed before the run started (so they stop too).
+
+    Pairs with the exchange the others are waiting in (:func:`check_agreement`
+    or :func:`main_first`); nothing to do with one process, after the start,
+    or when the failure was already shared.
+    """
+    if not _started["initialized"] or process_count() == 1 or _started["told"] or _started["running"] or isinstance(error, DistributedError):
+        return
+    try:
+        check_agreement({}, error)
+    except M2N2Error:
+        pass
+
+
+def map_over_processes(fn, items, out_like) -> np.ndarray:
+    """``np.stack([fn(x) for x in items])``, each process computing every n-th item, all-gathered.
+
+    For host-side loops (the recipe archive's children): process p evaluates
+    items p, p + n, ...; one ``process_allgather`` then gives every process
+    all results. out_like: shape and dtype of one result (a process may have
+    no item). With one process, a plain loop.
+    """
+    if process_count() == 1:
+        return np.stack([np.asarray(fn(x)) for x in items])
+    from jax.experimental import multihost_utils
+
+    n, me = process_count(), jax.process_index()
+    per = -(-len(items) // n)
+    mine = np.zeros((per, *out_like.shape), out_like.dtype)
+    for j, i in enumerate(range(me, len(items), n)):
+        mine[j] = np.asarray(fn(items[i]))
+    every = np.asarray(multihost_utils.process_allgather(mine))  # [n, per, ...]
+    return np.stack([every[i % n, i // n] for i in range(len(items))])
 
 
 def barrier(name: str) -> None:

@@ -69,8 +69,9 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     checkpoint_dir: save checkpoints there every ``checkpoint_every`` forward
         passes per run (default: every chunk) and/or ``checkpoint_seconds``,
         and at the end; ``resume=True`` continues from the newest good one.
-    devices: the devices to spread the runs or children over (default: all local devices;
-        see runner.device_mesh).
+    devices: the devices to spread the runs or children over (default: ``jax.devices()``, which
+        under jax.distributed are all processes' devices; see runner.device_mesh). Multi-host:
+        every process calls evolve with the same arguments and gets the same, complete result.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -97,6 +98,7 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     history = {k: [np.asarray(v)] for k, v in jax.device_get(runner.archive_metrics(task, state.archive)).items()}
     done_logs, elapsed_before = 0, 0.0
     distributed.check_agreement(distributed.run_digests(identity, task, seed_models))  # multi-host: one line if they differ
+    distributed.started()
     if resume:
         state, history, done_logs, elapsed_before = restore(checkpoint_dir, state, identity)
 

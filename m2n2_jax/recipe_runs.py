@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import recipes, runner
+from . import distributed, recipes, runner
 from .baselines.driver import BaselineResult
 from .checkpoint import RunCheckpointer
 from .chunk_loop import Checkpointing, check_identity, run_chunks
@@ -89,6 +89,8 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
     state = _State([first] * len(seeds), np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
     history = {k: [np.asarray([v] * len(seeds), np.float32)] for k, v in logged_metrics(first).items()}
     done_logs, elapsed_before = 0, 0.0
+    distributed.check_agreement(distributed.run_digests(identity or {"seeds": seeds}, task, seed_vectors))
+    distributed.started()  # multi-host: processes agree on settings, seeds, models and data
     if checkpointing.resume:
         state, history, done_logs, elapsed_before = _restore(checkpointing.directory, state, identity)
 
@@ -101,7 +103,8 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
                 for _ in range(steps_per_log):
                     key, sub = jax.random.split(key)
                     children = recipes.ask(config, sub, bank, archives[r])
-                    scores = jnp.stack([score(dense(c)) for c in children])
+                    # multi-host: each process scores every n-th child (one all-gather per step)
+                    scores = jnp.asarray(distributed.map_over_processes(lambda c: score(dense(c)), children, seed_scores[0]))
                     archives[r] = recipes.tell(config, archives[r], children, scores)
                 keys[r] = np.asarray(key)
             rows = [logged_metrics(a) for a in archives]
