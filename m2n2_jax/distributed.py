@@ -152,7 +152,10 @@ def run_digests(identity: dict, task, seed_models=None):
                  else task.random_seed(jax.random.PRNGKey(0)))
         data = [task.num_datapoints, jax.jit(task.score_vector)(probe), jax.jit(task.metrics)(probe),
                 task.capacity, task.train_labels]
-        return {"settings": {k: v for k, v in identity.items() if k != "seeds"}, "seeds": identity.get("seeds"),
+        settings = {k: v for k, v in identity.items() if k != "seeds"}
+        if isinstance(settings.get("cli"), dict):  # the CLI's --seed is reported as "seeds"
+            settings["cli"] = {k: v for k, v in settings["cli"].items() if k != "seed"}
+        return {"settings": settings, "seeds": identity.get("seeds"),
                 "data": [np.asarray(x) if x is not None else None for x in jax.tree.leaves(data)],
                 "models": None if seed_models is None else np.asarray(seed_models),
                 "software": {"m2n2_jax": m2n2_jax.__version__, "jax": jax.__version__}}

@@ -137,7 +137,8 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
     memory = recipes.archive_memory(bank, state.archives[0])
     return BaselineResult("recipes", seeds, [i * fp_per_log for i in range(num_logs + 1)],
                           {k: np.stack(v, axis=1) for k, v in history.items()}, wall, config.to_dict(), best,
-                          extra={"execution": {"archive": "recipes", "platform": jax.default_backend()},
+                          extra={"execution": {"archive": "recipes", "platform": jax.default_backend(),
+                                               "processes": distributed.process_count()},
                                  "archive_memory": {k: (round(v, 3) if isinstance(v, float) else int(v))
                                                     for k, v in memory.items()}})
 

@@ -95,7 +95,13 @@ def sharded_evaluate(score_vector, mesh, batch_size: int):
     def local(vectors):
         return jax.lax.all_gather(evaluate(score_vector, vectors, batch_size), "children", tiled=True)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=P("children"), out_specs=P(), check_vma=False)
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=P("children"), out_specs=P(), check_vma=False)
+    replicated = jax.sharding.NamedSharding(mesh, P())
+
+    # Pin the children as replicated: otherwise XLA's sharding propagation builds each device's
+    # share only and all-gathers the children [M, D] for the tell (measured across two processes:
+    # 168 KB per step for 2 digits children instead of the 11.5 KB of their scores).
+    return lambda vectors: sharded(jax.lax.with_sharding_constraint(vectors, replicated))
 
 
 def replicate(tree, mesh):

@@ -146,3 +146,33 @@ def test_bad_data_files_end_in_one_line(specialists, tmp_path, capsys, problem, 
         shutil.copytree(s["dirs"]["first"], bare)
         os.remove(bare / "tokenizer.json")
         exact_match_task(str(bare), s["fit"])
+
+
+def test_llm_recipe_merge_from_the_cli_in_two_processes(specialists, tmp_path, capsys):
+    """`m2n2 merge --archive recipes` of two tiny Llamas: two processes each score one child per step
+    and write one results.json, the same as one process's (curves, merged weights)."""
+    import sys
+
+    from multihost_launch import run_processes
+
+    s = specialists
+    common = ["merge", s["dirs"]["first"], s["dirs"]["last"], "--task", "llm-exact-match",
+              "--task-arg", f"data={s['fit']}", "--task-arg", f"test_data={s['test']}", "--archive", "recipes",
+              "--forward-passes", "40", "--batch", "2", "--quiet", "--cpu-devices", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(common + ["--out", str(one)]) == 0, capsys.readouterr().err
+    report, logs = run_processes(str(tmp_path), "llm", [
+        sys.executable, "-m", "m2n2_jax", *common, "--out", str(two), "--coordinator", "127.0.0.1:{port}",
+        "--num-processes", "2", "--process-id", "{pid}"])
+    assert report["returncodes"] == [0, 0], logs
+    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    for record in (a, b):  # where it ran and how long it took may differ, nothing else
+        for field in ("wall_seconds", "forward_passes_per_second", "environment", "peak_rss_mb"):
+            record.pop(field, None)
+        record["merged"].pop("path")
+    assert (a.pop("execution")["processes"], b.pop("execution")["processes"]) == (1, 2)
+    assert a == b
+    task = exact_match_task(s["dirs"]["first"], s["fit"], s["test"])
+    np.testing.assert_array_equal(model_files.load_model(str(one / "merged"), task.layout),
+                                  model_files.load_model(str(two / "merged"), task.layout))
+    assert b["merged"]["train_score"] >= max(m["train_score"] for m in b["models"])
