@@ -252,7 +252,8 @@ def cmd_evolve(args) -> int:
     if args.devices:
         available = jax.devices()  # one process: its local devices; multi-host: all processes' devices
         if args.devices > len(available):
-            raise ConfigError(f"--devices {args.devices} but only {len(available)} device(s) exist; "
+            where = "local" if jax.process_count() == 1 else "(all processes')"
+            raise ConfigError(f"--devices {args.devices} but only {len(available)} {where} device(s) exist; "
                               f"pass --devices {len(available)} or fewer.")
         devices = available[:args.devices]
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
