@@ -22,7 +22,7 @@ import numpy as np
 from .distributed import host_tree  # multi-host: every process saves the gathered state
 from .errors import M2N2Error
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: archive states carry a PRNG key (the reference order lives in the strategy)
 SUBDIR = "checkpoints"
 
 

@@ -13,51 +13,68 @@ import jax
 import jax.numpy as jnp
 
 
-def slerp_coefficients(x, y, t, eps: float = 1e-6):
+SLERP_EPS = 1e-3
+"""Default degeneracy threshold on sin(angle). float32 ``arccos`` cannot resolve
+angles below about 3.5e-4 rad (the first float below 1 is 1 - 6e-8), and below
+1e-3 rad SLERP and linear interpolation differ by about one float32 rounding."""
+REFERENCE_SLERP_EPS = 1e-6
+"""The authors' threshold, kept for ``key_order="reference"``."""
+
+
+def slerp_coefficients(x, y, t, eps=SLERP_EPS, reference: bool = False):
     """Coefficients (cx, cy) with SLERP(x, y; t) = cx * x + cy * y.
 
     t may be an array of interpolation values; t = 0 gives x, t = 1 gives y.
-    Where sin(angle) <= eps (parallel or zero vectors) linear interpolation.
+    ``eps`` may be traced. Degenerate cases (docs/algorithm.md), where
+    sin(angle) <= eps or a parent is zero:
+
+    - parallel parents (cos > 0) or a zero parent: linear interpolation
+      (1 - t, t), the limit of SLERP as the angle shrinks;
+    - antiparallel parents (cos < 0): no great circle is singled out, and
+      linear interpolation passes through zero (x and -x give a zero child at
+      t = 0.5), so the nearer parent is taken: x for t <= 0.5, y above.
+
+    ``reference=True`` is the authors' rule: linear interpolation in both cases.
     """
     unit_x = x / jnp.linalg.norm(x)
     unit_y = y / jnp.linalg.norm(y)
-    omega = jnp.arccos(jnp.clip(jnp.dot(unit_x, unit_y), -1, 1))
+    cos = jnp.clip(jnp.dot(unit_x, unit_y), -1, 1)  # NaN for a zero parent
+    omega = jnp.arccos(cos)
     sin_omega = jnp.sin(omega)
     curved = sin_omega > eps
-    cx = jnp.where(curved, jnp.sin((1.0 - t) * omega) / sin_omega, 1.0 - t)
-    cy = jnp.where(curved, jnp.sin(t * omega) / sin_omega, t)
+    lin_x, lin_y = 1.0 - t, t
+    if not reference:
+        to_y = jnp.where(t > 0.5, 1.0, 0.0)
+        antiparallel = cos < 0
+        lin_x, lin_y = jnp.where(antiparallel, 1.0 - to_y, lin_x), jnp.where(antiparallel, to_y, lin_y)
+    cx = jnp.where(curved, jnp.sin((1.0 - t) * omega) / sin_omega, lin_x)
+    cy = jnp.where(curved, jnp.sin(t * omega) / sin_omega, lin_y)
     return cx, cy
 
 
-def slerp(x, y, t, eps: float = 1e-6):
+def slerp(x, y, t, eps=SLERP_EPS, reference: bool = False):
     """Spherical interpolation of two vectors with one scalar t."""
-    cx, cy = slerp_coefficients(x, y, t, eps)
+    cx, cy = slerp_coefficients(x, y, t, eps, reference)
     return cx * x + cy * y
 
 
-def split_point_weights(split, w, size: int, use_split_point: bool = True):
-    """Per-coordinate interpolation value: w before ``split``, 1 - w from it on."""
-    if not use_split_point:
-        return jnp.full((size,), w)
-    return jnp.where(jnp.arange(size) < split, w, 1 - w)
-
-
-def crossover(key, x, y, use_split_point: bool = True, eps: float = 1e-6):
+def crossover(key, x, y, use_split_point: bool = True, eps=SLERP_EPS, reference: bool = False):
     """Child of x (parent A) and y (parent B).
 
     With a split point: s ~ U{0..D-1}, w ~ U(0, 1) from two sub-keys of ``key``;
-    without: w ~ U(0, 1) from ``key`` itself (the reference's key use).
+    t = w on coordinates before s and 1 - w from s on (s = 0: 1 - w everywhere).
+    Without: w ~ U(0, 1) from ``key`` itself (the reference's key use).
     """
     size = x.shape[0]
     if use_split_point:
         k_split, k_w = jax.random.split(key)
         split = jax.random.randint(k_split, (), 0, size)
         w = jax.random.uniform(k_w)
-        cx, cy = slerp_coefficients(x, y, jnp.stack([w, 1 - w]), eps)
+        cx, cy = slerp_coefficients(x, y, jnp.stack([w, 1 - w]), eps, reference)
         before = jnp.arange(size) < split
         return jnp.where(before, cx[0], cx[1]) * x + jnp.where(before, cy[0], cy[1]) * y
     w = jax.random.uniform(key)
-    return slerp(x, y, w, eps)
+    return slerp(x, y, w, eps, reference)
 
 
 def mutate(key, x, std: float, noise: str = "threefry"):

@@ -11,18 +11,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .crossover import slerp
 from .errors import ConfigError
 
 
 def linear(models, weights) -> jax.Array:
     """sum_k weights[k] * models[k] (the plain average for equal weights)."""
     return jnp.tensordot(jnp.asarray(weights, models.dtype), models, axes=1)
-
-
-def slerp_merge(x, y, t: float, eps: float = 1e-6) -> jax.Array:
-    """Spherical interpolation between two whole models (t = 0 gives x)."""
-    return slerp(x, y, t, eps)
 
 
 def task_arithmetic(base, finetuned, scale: float = 1.0) -> jax.Array:

@@ -1,7 +1,7 @@
 """Competition (natural niches), attraction and archive insertion.
 
 Pure functions on one archive: ``scores`` is [P, N] (model i on datapoint j),
-``capacity`` is [N]. The formulas follow DESIGN.md:
+``capacity`` is [N]. The formulas (docs/algorithm.md):
 
     z_j   = sum_i S[i, j]            (a z_j of 0 counts as 1)
     F_ij  = c_j * S[i, j] / z_j**alpha
@@ -14,14 +14,27 @@ import jax
 import jax.numpy as jnp
 
 
-def niche_matrix(scores: jax.Array, capacity: jax.Array, alpha: float) -> jax.Array:
-    """F[i, j]: the share of datapoint j's capacity that model i earns."""
+def niche_matrix(scores: jax.Array, capacity: jax.Array, alpha) -> jax.Array:
+    """F[i, j]: the share of datapoint j's capacity that model i earns.
+
+    ``alpha`` may be traced (a sweep without recompiling). alpha = 1 divides by
+    z itself: XLA turns a division by ``z ** alpha`` into a multiplication by
+    ``z ** -alpha``, which rounds differently from the reference's plain division.
+    """
     z = jnp.sum(scores, axis=0)
-    z = jnp.where(z > 0, z, 1) ** alpha
+    z = jnp.where(z > 0, z, 1)
+    z = jnp.where(alpha == 1, z, z ** alpha)
     return capacity * scores / z
 
 
-def niche_fitness(scores: jax.Array, capacity: jax.Array, alpha: float) -> jax.Array:
+def archive_capacity(scores: jax.Array) -> jax.Array:
+    """The paper's capacity for continuous scores: c_j = max_i S[i, j], or 1
+    where no model scores above zero. For 0/1 scores this is 1 everywhere."""
+    best = jnp.max(scores, axis=0)
+    return jnp.where(best > 0, best, 1.0)
+
+
+def niche_fitness(scores: jax.Array, capacity: jax.Array, alpha) -> jax.Array:
     """f[i] = sum_j F[i, j]; alpha = 0 gives the plain total score."""
     return jnp.sum(niche_matrix(scores, capacity, alpha), axis=1)
 
@@ -38,7 +51,7 @@ def proportional_probs(weights: jax.Array, fallback: jax.Array) -> jax.Array:
     return jnp.where(ok, weights / jnp.where(ok, total, 1), fallback)
 
 
-def select_parents(key, scores, capacity, alpha: float, use_attraction: bool,
+def select_parents(key, scores, capacity, alpha, use_attraction: bool,
                    reference: bool = False):
     """Indices (a, b) of two parents drawn from the archive.
 
@@ -65,12 +78,14 @@ def select_parents(key, scores, capacity, alpha: float, use_attraction: bool,
     return a, b
 
 
-def insert(params, scores, child, child_scores, capacity, alpha: float):
+def insert(params, scores, child, child_scores, capacity, alpha, adaptive_capacity: bool = False):
     """Add one child if it is not the least fit of archive + child.
 
     Fitness is computed over the P members plus the child; the member with the
     lowest fitness (the first, on ties) leaves. A child whose scores or
-    parameters are not all finite is worthless and never enters.
+    parameters are not all finite is worthless and never enters. With
+    ``adaptive_capacity`` the capacity is :func:`archive_capacity` of the P
+    members plus the child (``capacity`` is then ignored).
 
     Returns (params, scores, inserted, slot).
     """
@@ -79,6 +94,8 @@ def insert(params, scores, child, child_scores, capacity, alpha: float):
     valid = jnp.all(jnp.isfinite(child_scores)) & jnp.all(jnp.isfinite(child))
     child_scores = jnp.where(valid, child_scores, 0).astype(scores.dtype)
     extended = jnp.concatenate([scores, child_scores[None]], axis=0)
+    if adaptive_capacity:
+        capacity = archive_capacity(extended)
     fitness = niche_fitness(extended, capacity, alpha)
     fitness = fitness.at[size].set(jnp.where(valid, fitness[size], -jnp.inf))
     worst = jnp.argmin(fitness)

@@ -18,20 +18,17 @@ from .config import M2N2Config
 from .tasks.base import Task
 
 
-def run_per_child_loop(config: M2N2Config, task: Task, seed: int, forward_passes: int):
-    """Returns (params [P, D], scores [P, N], test accuracy after every child)."""
-    return PerChildLoop(config, task).run(seed, forward_passes)
-
-
 class PerChildLoop:
     """Jitted pieces built once; ``run`` loops over children in Python."""
 
     def __init__(self, config: M2N2Config, task: Task):
         self.config, self.task = config, task
+        params = config.params()
         self.score = jax.jit(task.score_vector)
         self.test_metric = jax.jit(lambda x: task.metrics(x)["test_accuracy"])
         self.insert = jax.jit(lambda p, s, c, cs, cap: niches.insert(p, s, c, cs, cap, config.alpha)[:2])
-        self.cross = jax.jit(lambda k, x, y: xo.crossover(k, x, y, config.use_split_point, config.slerp_eps))
+        self.cross = jax.jit(lambda k, x, y: xo.crossover(k, x, y, config.use_split_point, params.slerp_eps,
+                                                          reference=True))
         self.mutate = jax.jit(lambda k, x: xo.mutate(k, x, config.mutation_std, config.noise_generator))
 
     def run(self, seed: int, forward_passes: int):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import crossover as xo
 from . import niches, strategy
 from .config import M2N2Config
 from .errors import ConfigError, SeedModelError
@@ -139,27 +140,30 @@ def inner_products(bank: SeedBank, x: Recipe, y: Recipe):
     return dot(cx, cx), dot(cy, cy), dot(cx, cy)
 
 
-def slerp_coefficients(xx: float, yy: float, xy: float, t, eps: float = 1e-6):
-    """(cx, cy) with SLERP(x, y; t) = cx x + cy y, from the inner products
-    (the formula of :func:`m2n2_jax.crossover.slerp_coefficients`)."""
+def slerp_coefficients(xx: float, yy: float, xy: float, t, eps: float = xo.SLERP_EPS, reference: bool = False):
+    """(cx, cy) with SLERP(x, y; t) = cx x + cy y, from the inner products, with the
+    degenerate cases of :func:`m2n2_jax.crossover.slerp_coefficients`."""
     t = np.asarray(t, np.float64)
     cos = np.clip(xy / (np.sqrt(xx) * np.sqrt(yy)), -1, 1) if xx > 0 and yy > 0 else np.nan
     omega = np.arccos(cos)
     sin = np.sin(omega)
     if np.isfinite(sin) and sin > eps:
         return np.sin((1 - t) * omega) / sin, np.sin(t * omega) / sin
+    if not reference and cos < 0:  # antiparallel: the nearer parent
+        to_y = (t > 0.5).astype(np.float64)
+        return 1 - to_y, to_y
     return 1 - t, t
 
 
 def crossover(bank: SeedBank, x: Recipe, y: Recipe, split: int, w: float, use_split_point: bool = True,
-              eps: float = 1e-6) -> Recipe:
+              eps: float = xo.SLERP_EPS, reference: bool = False) -> Recipe:
     """The recipe of SLERP(x, y) with t = w before ``split`` and 1 - w from it on."""
     xx, yy, xy = inner_products(bank, x, y)
     if not use_split_point:
-        cx, cy = slerp_coefficients(xx, yy, xy, w, eps)
+        cx, cy = slerp_coefficients(xx, yy, xy, w, eps, reference)
         bounds = np.union1d(x.bounds, y.bounds)
         return simplify(bounds, cx * refine(x, bounds) + cy * refine(y, bounds))
-    cx, cy = slerp_coefficients(xx, yy, xy, np.array([w, 1 - w]), eps)
+    cx, cy = slerp_coefficients(xx, yy, xy, np.array([w, 1 - w]), eps, reference)
     bounds = np.union1d(np.union1d(x.bounds, y.bounds), [split])
     before = bounds[1:] <= split
     coeffs = (np.where(before, cx[0], cx[1])[:, None] * refine(x, bounds)
@@ -194,14 +198,21 @@ def check_config(config: M2N2Config) -> None:
             "combinations of the seeds. Set mutation_std=0, as for merging pre-trained models.")
 
 
-def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None, adaptive_capacity: bool = False) -> RecipeArchive:
-    """Archive holding the K seeds (inserted in order into an empty archive, as strategy.init).
+def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None,
+         adaptive_capacity: bool | None = None) -> RecipeArchive:
+    """Archive holding the K seeds (inserted in order into an empty archive, as the dense strategy).
 
-    With ``adaptive_capacity`` the capacity c_j of datapoint j is the best score
-    any archive member (or the candidate being inserted) reaches on it, as the
-    paper does for continuous scores; otherwise ``capacity`` (default 1) is fixed.
+    The capacity follows ``config.capacity_rule`` as in the dense engine
+    (``adaptive_capacity`` True / False overrides it): under "archive-max"
+    c_j is the best score any archive member (or the candidate being inserted)
+    reaches on datapoint j (:func:`m2n2_jax.niches.archive_capacity`, the
+    paper's rule for continuous scores); otherwise ``capacity`` (default 1).
     """
     check_config(config)
+    if adaptive_capacity is None:
+        rule = strategy.resolve_capacity_rule(config.capacity_rule, jnp.asarray(seed_scores).dtype,
+                                              capacity is not None)
+        adaptive_capacity = rule == "archive-max"
     seed_scores = strategy.check_scores(seed_scores, bank.num_seeds, None)
     num_points = seed_scores.shape[1]
     capacity = jnp.ones((num_points,), jnp.float32) if capacity is None else jnp.asarray(capacity, jnp.float32)
@@ -213,7 +224,7 @@ def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None, adaptiv
 
 
 _select = jax.jit(niches.select_parents, static_argnames=("use_attraction", "reference"))
-_insert = jax.jit(niches.insert)
+_insert = jax.jit(niches.insert, static_argnames=("adaptive_capacity",))
 
 
 def draw_split(key, size: int, use_split_point: bool):
@@ -231,11 +242,12 @@ def make_child(config: M2N2Config, bank: SeedBank, archive: RecipeArchive, keys)
     if not config.use_crossover:
         return x
     split, w = draw_split(keys[1], bank.size, config.use_split_point)
-    return crossover(bank, x, y, split, w, config.use_split_point, config.slerp_eps)
+    eps = float(config.params().slerp_eps)
+    return crossover(bank, x, y, split, w, config.use_split_point, eps, config.reference)
 
 
 def ask(config: M2N2Config, key, bank: SeedBank, archive: RecipeArchive) -> list[Recipe]:
-    """B children (recipes) from one archive snapshot, with the keys strategy.ask uses."""
+    """B children (recipes) from one archive snapshot, with the dense strategy's engine key order."""
     check_config(config)
     keys = strategy.child_keys(key, config.children_per_step)
     return [make_child(config, bank, archive, keys[i]) for i in range(config.children_per_step)]
@@ -249,23 +261,15 @@ def tell(config: M2N2Config, archive: RecipeArchive, children, scores) -> Recipe
     capacity = archive.capacity
     for child, child_scores in zip(children, scores):
         finite = jnp.asarray([0.0 if np.all(np.isfinite(child.coeffs)) else np.nan])
-        if archive.adaptive_capacity:
-            capacity = best_scores(jnp.concatenate([archive_scores, child_scores[None]]))
         _, archive_scores, ok, slot = _insert(slots, archive_scores, finite, child_scores,
-                                              capacity, config.alpha)
+                                              capacity, config.alpha, archive.adaptive_capacity)
         if bool(ok):
             recipes[int(slot)] = child
             inserted += 1
     if archive.adaptive_capacity:
-        capacity = best_scores(archive_scores)
+        capacity = niches.archive_capacity(archive_scores)
     return RecipeArchive(tuple(recipes), archive_scores, capacity,
                          archive.evaluated + len(children), inserted, archive.adaptive_capacity)
-
-
-def best_scores(scores) -> jax.Array:
-    """c_j = max_i S[i, j], or 1 where no model scores above zero."""
-    best = jnp.max(scores, axis=0)
-    return jnp.where(best > 0, best, 1.0)
 
 
 def archive_memory(bank: SeedBank, archive: RecipeArchive, working_copies: int = 1) -> dict:

@@ -138,8 +138,7 @@ def default_eval_batch_size(num_children: int, platform: str | None = None) -> i
     return 1 if platform == "cpu" else max(1, num_children)
 
 
-def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_models=None,
-              eval_batch_size: int = 2) -> RunsState:
+def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_models=None) -> RunsState:
     """Archives of R runs. Run r uses PRNGKey(run_seeds[r]).
 
     From scratch (seed_models None) each run splits its key into
@@ -149,10 +148,13 @@ def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_mod
     if len(run_seeds) < 1:
         raise ConfigError("at least one run is needed (got 0 run seeds); pass --runs 1 or more.")
 
+    strat = strategy.M2N2(config, layout=task.layout)
+    params = config.params()
+
     def one(seed):
         key, seeds = run_start(task, seed, seed_models)
         scores = evaluate(task.score_vector, seeds, 1)
-        return strategy.init(config, seeds, scores, task.capacity), key
+        return strat.init(key, seeds, scores, params, task.capacity), key
 
     archive, keys = jax.jit(jax.vmap(one))(jnp.asarray(run_seeds, jnp.uint32))
     return RunsState(archive=archive, key=keys, step=jnp.zeros((), jnp.int32))
@@ -168,26 +170,26 @@ def run_start(task: Task, seed, seed_models=None):
     return key, jnp.stack([task.random_seed(k_a), task.random_seed(k_b)])
 
 
-def step_keys(config: M2N2Config, key):
-    """(next key, child keys [B, 3]) for one step of one run."""
-    if config.key_order == "reference":
-        k_parents, k_cross, k_mut, key = jax.random.split(key, 4)
-        return key, jnp.stack([k_parents, k_cross, k_mut])[None]
-    key, sub = jax.random.split(key)
-    return key, strategy.child_keys(sub, config.children_per_step)
-
-
 def make_step(config: M2N2Config, task: Task, eval_batch_size: int, mesh=None):
-    """One step of all runs: ask (B children each), evaluate all (sharded over the mesh), tell."""
+    """One step of all runs: ask (B children each), evaluate all (sharded over the mesh), tell.
+
+    Each run's key is split into (next, sub) and ``sub`` goes to the strategy's
+    ``ask``, which owns the key order (in reference order it uses the key in
+    its state instead).
+    """
     score_children = sharded_evaluate(task.score_vector, mesh, eval_batch_size)
+    strat = strategy.M2N2(config, layout=task.layout)
+    params = config.params()
 
     def step(state: RunsState) -> RunsState:
-        next_keys, keys = jax.vmap(functools.partial(step_keys, config))(state.key)
-        children = jax.vmap(lambda s, k: strategy.ask_with_keys(config, s, k))(state.archive, keys)
+        split = jax.vmap(jax.random.split)(state.key)
+        next_keys, subs = split[:, 0], split[:, 1]
+        children, archive = jax.vmap(lambda k, a: strat.ask(k, a, params))(subs, state.archive)
         runs, batch, dim = children.shape
         scores = score_children(children.reshape(runs * batch, dim))
         scores = scores.reshape(runs, batch, -1)
-        archive = jax.vmap(lambda s, c, sc: strategy.tell(config, s, c, sc))(state.archive, children, scores)
+        # tell draws nothing; it gets the ask key only for evosax's signature
+        archive, _ = jax.vmap(lambda k, c, sc, a: strat.tell(k, c, sc, a, params))(subs, children, scores, archive)
         return RunsState(archive=archive, key=next_keys, step=state.step + 1)
 
     return step

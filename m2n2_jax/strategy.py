@@ -1,13 +1,36 @@
-"""The M2N2 strategy: an archive state and pure init / ask / tell functions.
+"""The M2N2 strategy: evosax-shaped init / ask / tell on an immutable archive.
 
-In the style of evosax: ``init`` builds an immutable :class:`ArchiveState`,
-``ask`` draws children from it with an explicit PRNG key, ``tell`` inserts
-evaluated children one after another. All three are jittable and work on flat
-parameter vectors; :class:`M2N2` binds a config and a :class:`VectorLayout` so
-users can hand in and get back pytrees.
+:class:`M2N2` binds the static settings (an :class:`M2N2Config`) and a
+:class:`VectorLayout`; its methods are pure, jitted, take explicit PRNG keys
+and take the numeric settings as an :class:`M2N2Params` pytree, so a sweep
+over them neither recompiles nor stops ``jax.vmap``::
+
+    strategy = M2N2(M2N2Config(children_per_step=8), example_model)
+    params = strategy.default_params
+    state = strategy.init(key, [model_a, model_b], seed_scores, params)
+    population, state = strategy.ask(key, state, params)          # [B, D] flat
+    state, metrics = strategy.tell(key, population, fitness, state, params)
+    best = strategy.best_model(state)                              # a pytree
+
+Flat vectors are the engine's representation; ``ravel`` / ``unravel`` /
+``best_model`` convert at the boundary. The compiled engine
+(:func:`m2n2_jax.runner.make_step`) calls these same methods.
+
+The strategy owns its randomness, in one of two key orders:
+
+- "engine": ``ask`` splits its key into B triples (parents, crossover,
+  mutation), one per child; the state's key is not used.
+- "reference": the authors' order (docs/algorithm.md). Their loop threads one
+  key through the whole run and splits it at every child into (parents,
+  crossover, mutation, next). That key lives in the state (it starts as
+  ``init``'s key), so in this order ``ask`` ignores its key argument; a plain
+  evosax loop then reproduces the authors' runs exactly.
+
+``tell`` draws nothing; it takes a key only to keep evosax's signature.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.struct
@@ -16,8 +39,8 @@ import jax.numpy as jnp
 
 from . import crossover as xo
 from . import niches
-from .config import M2N2Config
-from .errors import ScoreFunctionError
+from .config import M2N2Config, M2N2Params
+from .errors import ConfigError, ScoreFunctionError, SeedModelError
 from .flatten import VectorLayout, stack_seed_vectors
 
 
@@ -27,9 +50,12 @@ class ArchiveState:
 
     params: [P, D] flat models (empty slots are zero vectors).
     scores: [P, N] per-datapoint scores (empty slots score zero).
-    capacity: [N] capacity c_j of each datapoint.
+    capacity: [N] capacity c_j of each datapoint (under "archive-max", the
+        archive's best scores, updated by every tell).
     evaluated: children told so far (forward passes).
     inserted: children that entered the archive.
+    key: the run's key in reference order (unused in engine order).
+    capacity_rule: "fixed" or "archive-max" (static; "auto" is resolved by init).
     """
 
     params: jax.Array
@@ -37,41 +63,13 @@ class ArchiveState:
     capacity: jax.Array
     evaluated: jax.Array
     inserted: jax.Array
+    key: jax.Array
+    capacity_rule: str = flax.struct.field(pytree_node=False, default="fixed")
 
     @property
     def best_index(self) -> jax.Array:
         """The first member with the highest mean score (the reported model)."""
         return jnp.argmax(jnp.mean(self.scores, axis=1))
-
-
-def empty_state(config: M2N2Config, num_params: int, num_datapoints: int,
-                capacity=None, dtype=jnp.float32) -> ArchiveState:
-    """An all-zero archive (empty slots are replaced first)."""
-    size = config.archive_size
-    capacity = jnp.ones((num_datapoints,), jnp.float32) if capacity is None else jnp.asarray(capacity, jnp.float32)
-    if capacity.shape != (num_datapoints,):
-        raise ScoreFunctionError(
-            f"capacity has shape {capacity.shape}, expected ({num_datapoints},): one value per datapoint.")
-    return ArchiveState(
-        params=jnp.zeros((size, num_params), dtype),
-        scores=jnp.zeros((size, num_datapoints), jnp.float32),
-        capacity=capacity,
-        evaluated=jnp.zeros((), jnp.int32),
-        inserted=jnp.zeros((), jnp.int32),
-    )
-
-
-def init(config: M2N2Config, seeds: jax.Array, seed_scores: jax.Array, capacity=None) -> ArchiveState:
-    """Archive holding the seed vectors [K, D] with their scores [K, N].
-
-    Seeds are inserted in order into an empty archive, as the reference does;
-    their evaluations do not count as forward passes of the search.
-    """
-    seeds = jnp.asarray(seeds)
-    seed_scores = check_scores(seed_scores, seeds.shape[0], None)
-    state = empty_state(config, seeds.shape[1], seed_scores.shape[1], capacity, seeds.dtype)
-    state = tell(config, state, seeds, seed_scores)
-    return state.replace(evaluated=jnp.zeros((), jnp.int32))
 
 
 def check_scores(scores, num_children: int, num_datapoints: int | None) -> jax.Array:
@@ -90,82 +88,136 @@ def check_scores(scores, num_children: int, num_datapoints: int | None) -> jax.A
     return scores.astype(jnp.float32)
 
 
+def resolve_capacity_rule(rule: str, scores_dtype, capacity_given: bool) -> str:
+    """"auto" -> "fixed" for a given capacity or boolean scores, else "archive-max"."""
+    if rule != "auto":
+        return rule
+    return "fixed" if capacity_given or scores_dtype == jnp.bool_ else "archive-max"
+
+
 def child_keys(key, num_children: int) -> jax.Array:
-    """Keys [B, 3] (parents, crossover, mutation) for B children."""
+    """Engine order: keys [B, 3] (parents, crossover, mutation) for B children."""
     return jax.random.split(key, num_children * 3).reshape((num_children, 3) + key.shape)
 
 
-def make_child(config: M2N2Config, state: ArchiveState, keys) -> jax.Array:
+def _make_child(config: M2N2Config, state: ArchiveState, params: M2N2Params, keys) -> jax.Array:
     """One child from keys [3]: select parents, cross them over, mutate."""
-    a, b = niches.select_parents(keys[0], state.scores, state.capacity, config.alpha,
-                                 config.use_attraction, reference=config.key_order == "reference")
+    a, b = niches.select_parents(keys[0], state.scores, state.capacity, params.alpha,
+                                 config.use_attraction, reference=config.reference)
     x, y = state.params[a], state.params[b]
-    child = xo.crossover(keys[1], x, y, config.use_split_point, config.slerp_eps) if config.use_crossover else x
-    if config.mutation_std > 0:
-        child = xo.mutate(keys[2], child, config.mutation_std, config.noise_generator)
+    child = x
+    if config.use_crossover:
+        child = xo.crossover(keys[1], x, y, config.use_split_point, params.slerp_eps, config.reference)
+    if config.mutation_std > 0:  # static: merging runs compile mutation out
+        child = xo.mutate(keys[2], child, params.mutation_std, config.noise_generator)
     return child
 
 
-def ask_with_keys(config: M2N2Config, state: ArchiveState, keys) -> jax.Array:
-    """Children [B, D] from one archive snapshot, one key triple [B, 3] each."""
-    return jax.vmap(lambda k: make_child(config, state, k))(keys)
+@functools.partial(jax.jit, static_argnums=0)
+def _ask(config: M2N2Config, key, state: ArchiveState, params: M2N2Params):
+    if config.reference:
+        k_parents, k_cross, k_mut, next_key = jax.random.split(state.key, 4)
+        keys, state = jnp.stack([k_parents, k_cross, k_mut])[None], state.replace(key=next_key)
+    else:
+        keys = child_keys(key, config.children_per_step)
+    children = jax.vmap(lambda k: _make_child(config, state, params, k))(keys)
+    return children, state
 
 
-def ask(config: M2N2Config, key, state: ArchiveState) -> jax.Array:
-    """B = config.children_per_step children [B, D] drawn from ``state``."""
-    return ask_with_keys(config, state, child_keys(key, config.children_per_step))
-
-
-def tell(config: M2N2Config, state: ArchiveState, children, scores) -> ArchiveState:
-    """Insert evaluated children [B, D] with scores [B, N], one after another."""
-    children = jnp.asarray(children, state.params.dtype)
-    scores = check_scores(scores, children.shape[0], state.scores.shape[1])
+@functools.partial(jax.jit, static_argnums=0)
+def _tell(config: M2N2Config, population, fitness, state: ArchiveState, params: M2N2Params):
+    population = jnp.asarray(population, state.params.dtype)
+    fitness = check_scores(fitness, population.shape[0], state.scores.shape[1])
+    adaptive = state.capacity_rule == "archive-max"
 
     def insert_one(carry, child_and_scores):
-        params, archive_scores, inserted = carry
+        members, scores = carry
         child, child_scores = child_and_scores
-        params, archive_scores, ok, _ = niches.insert(
-            params, archive_scores, child, child_scores, state.capacity, config.alpha)
-        return (params, archive_scores, inserted + ok.astype(jnp.int32)), None
+        members, scores, ok, slot = niches.insert(members, scores, child, child_scores, state.capacity,
+                                                  params.alpha, adaptive)
+        return (members, scores), (ok, slot)
 
-    (params, new_scores, inserted), _ = jax.lax.scan(
-        insert_one, (state.params, state.scores, state.inserted), (children, scores))
-    return state.replace(params=params, scores=new_scores, inserted=inserted,
-                         evaluated=state.evaluated + children.shape[0])
+    (members, scores), (ok, slots) = jax.lax.scan(insert_one, (state.params, state.scores), (population, fitness))
+    capacity = niches.archive_capacity(scores) if adaptive else state.capacity
+    state = state.replace(params=members, scores=scores, capacity=capacity,
+                          inserted=state.inserted + jnp.sum(ok, dtype=jnp.int32),
+                          evaluated=state.evaluated + population.shape[0])
+    best = state.best_index
+    metrics = {"inserted": ok, "slot": jnp.where(ok, slots, -1), "best_index": best,
+               "best_mean_score": jnp.mean(scores[best])}
+    return state, metrics
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(config: M2N2Config, key, seeds, seed_scores, params: M2N2Params, capacity=None):
+    rule = resolve_capacity_rule(config.capacity_rule, jnp.asarray(seed_scores).dtype, capacity is not None)
+    seed_scores = check_scores(seed_scores, seeds.shape[0], None)
+    num_points = seed_scores.shape[1]
+    capacity = jnp.ones((num_points,), jnp.float32) if capacity is None else jnp.asarray(capacity, jnp.float32)
+    if capacity.shape != (num_points,):
+        raise ScoreFunctionError(
+            f"capacity has shape {capacity.shape}, expected ({num_points},): one value per datapoint.")
+    size = config.archive_size
+    empty = ArchiveState(params=jnp.zeros((size, seeds.shape[1]), seeds.dtype),
+                         scores=jnp.zeros((size, num_points), jnp.float32), capacity=capacity,
+                         evaluated=jnp.zeros((), jnp.int32), inserted=jnp.zeros((), jnp.int32),
+                         key=key, capacity_rule=rule)
+    state, _ = _tell(config, seeds, seed_scores, empty, params)
+    return state.replace(evaluated=jnp.zeros((), jnp.int32))
 
 
 class M2N2:
-    """M2N2 on pytree models: evosax-style init / ask / tell with jitted internals.
+    """M2N2 with evosax's interface; see the module docstring.
 
-    Example::
-
-        strategy = M2N2(M2N2Config(children_per_step=8), example_params)
-        state = strategy.init([seed_a, seed_b], seed_scores)
-        children = strategy.ask(key, state)              # [B, D] vectors
-        scores = jax.vmap(my_score_fn)(strategy.unravel_batch(children))
-        state = strategy.tell(state, children, scores)
-        best = strategy.best_model(state)                # a pytree again
+    ``example_model`` (any pytree of parameters) or ``layout`` fixes how a
+    model maps to a flat vector of length D.
     """
 
-    def __init__(self, config: M2N2Config, example_params, layout: VectorLayout | None = None):
-        self.config = config
-        self.layout = layout or VectorLayout.of(example_params)
-        self._ask = jax.jit(lambda key, state: ask(config, key, state))
-        self._tell = jax.jit(lambda state, c, s: tell(config, state, c, s))
+    def __init__(self, config: M2N2Config | None = None, example_model=None, *, layout: VectorLayout | None = None):
+        if layout is None and example_model is None:
+            raise ConfigError("M2N2 needs an example model (a pytree of parameters) or a VectorLayout.")
+        self.config = config or M2N2Config()
+        self.layout = layout or VectorLayout.of(example_model)
 
-    def init(self, seeds: Sequence, seed_scores, capacity=None) -> ArchiveState:
-        _, vectors = stack_seed_vectors(seeds, self.layout)
-        return init(self.config, vectors, seed_scores, capacity)
+    @property
+    def default_params(self) -> M2N2Params:
+        """The config's numeric settings (alpha, mutation std, SLERP threshold) as a pytree."""
+        return self.config.params()
 
-    def ask(self, key, state: ArchiveState) -> jax.Array:
-        return self._ask(key, state)
+    @property
+    def num_dims(self) -> int:
+        return self.layout.size
 
-    def tell(self, state: ArchiveState, children, scores) -> ArchiveState:
-        check_scores(scores, jnp.shape(children)[0], state.scores.shape[1])
-        return self._tell(state, children, scores)
+    def init(self, key, seeds, seed_scores, params: M2N2Params, capacity=None) -> ArchiveState:
+        """Archive holding the seeds with their scores [K, N], inserted in order
+        into an empty archive, as the reference does (not counted as forward passes).
 
-    def ravel(self, params) -> jax.Array:
-        return self.layout.ravel(params)
+        ``seeds``: a list or tuple of K >= 2 models (pytrees), or flat vectors [K, D].
+        ``capacity``: [N] fixed c_j (then the capacity rule is "fixed").
+        """
+        if isinstance(seeds, (list, tuple)):
+            _, vectors = stack_seed_vectors(seeds, self.layout)
+        else:
+            vectors = jnp.asarray(seeds)
+            if vectors.ndim != 2 or vectors.shape[0] < 2 or vectors.shape[1] != self.layout.size:
+                raise SeedModelError(
+                    f"seed vectors have shape {vectors.shape}, expected (K >= 2, {self.layout.size}); "
+                    "pass a list of models or flat vectors [K, D].")
+        return _init(self.config, key, vectors, seed_scores, params, capacity)
+
+    def ask(self, key, state: ArchiveState, params: M2N2Params):
+        """(population [B, D], state): B = children_per_step children from one snapshot."""
+        return _ask(self.config, key, state, params)
+
+    def tell(self, key, population, fitness, state: ArchiveState, params: M2N2Params):
+        """(state, metrics): insert the children [B, D] with scores [B, N] one after another.
+
+        metrics: inserted [B], slot [B] (-1 if rejected), best_index, best_mean_score.
+        """
+        return _tell(self.config, population, fitness, state, params)
+
+    def ravel(self, model) -> jax.Array:
+        return self.layout.ravel(model)
 
     def unravel(self, vector):
         return self.layout.unravel(vector)

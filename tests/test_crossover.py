@@ -1,4 +1,4 @@
-"""SLERP, split-point weights, crossover and noise against plain numpy."""
+"""SLERP (with its degenerate cases), crossover and noise against plain numpy."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,19 +40,55 @@ def test_slerp_matches_numpy_and_keeps_norm_of_unit_vectors(pair):
     assert np.linalg.norm(0.5 * ux + 0.5 * uy) < 0.9
 
 
-def test_slerp_parallel_and_zero_vectors_fall_back_to_linear():
-    x = np.ones(8, np.float32)
+@pytest.mark.parametrize("dim", [8, 19_210])
+def test_parallel_and_zero_parents_take_the_linear_branch(dim):
+    """x and 2x: exactly linear interpolation. float32 arccos puts their angle at
+    about 3e-4 rad, so with the old threshold (1e-6) they took the curved branch."""
+    x = np.random.default_rng(dim).normal(size=dim).astype(np.float32)
+    for y in (2 * x, x):
+        t = jnp.array([0.25, 0.5, 0.8], jnp.float32)
+        cx, cy = xo.slerp_coefficients(x, y, t)
+        np.testing.assert_array_equal(cx, 1 - t)  # exact: the linear branch, not a curved approximation
+        np.testing.assert_array_equal(cy, t)
     np.testing.assert_allclose(xo.slerp(x, 2 * x, 0.25), 1.25 * x, rtol=1e-6)
-    out = xo.slerp(np.zeros(8, np.float32), x, 0.3)
+    out = xo.slerp(np.zeros(dim, np.float32), x, 0.3)  # a zero parent has no angle
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out, 0.3 * x, rtol=1e-6)
 
 
-def test_split_point_weights():
-    w = xo.split_point_weights(3, 0.2, 6)
-    np.testing.assert_allclose(w, [0.2, 0.2, 0.2, 0.8, 0.8, 0.8], rtol=1e-6)
-    np.testing.assert_allclose(xo.split_point_weights(0, 0.2, 4), [0.8] * 4, rtol=1e-6)
-    np.testing.assert_allclose(xo.split_point_weights(3, 0.2, 6, use_split_point=False), [0.2] * 6)
+def test_antiparallel_parents_give_the_nearer_parent_not_zero():
+    x = np.random.default_rng(1).normal(size=64).astype(np.float32)
+    for t, want in ((0.5, x), (0.3, x), (0.0, x), (0.7, -x), (1.0, -x)):
+        np.testing.assert_array_equal(xo.slerp(x, -x, t), want)
+    np.testing.assert_array_equal(xo.slerp(x, -3 * x, 0.5), x)
+    # the authors' rule (reference order) interpolates linearly: x and -x meet at zero
+    np.testing.assert_array_equal(xo.slerp(x, -x, 0.5, xo.REFERENCE_SLERP_EPS, reference=True), np.zeros(64))
+    # with a split point, each side of the split takes the parent nearer its t
+    key = jax.random.PRNGKey(4)
+    child = xo.crossover(key, x, -x)
+    k_split, k_w = jax.random.split(key)
+    split, w = int(jax.random.randint(k_split, (), 0, 64)), float(jax.random.uniform(k_w))
+    t = np.where(np.arange(64) < split, w, 1 - w)
+    np.testing.assert_array_equal(child, np.where(t > 0.5, -x, x))
+
+
+def test_nearly_parallel_parents_agree_with_numpy_slerp_on_both_sides_of_the_threshold():
+    rng = np.random.default_rng(2)
+    x, d = rng.normal(size=200), rng.normal(size=200)
+    d -= d @ x / (x @ x) * x  # orthogonal to x
+    for angle in (5e-4, 2e-3, 1e-2):  # below, just above and above the 1e-3 threshold
+        y = np.cos(angle) * x + np.sin(angle) * np.linalg.norm(x) / np.linalg.norm(d) * d
+        got = xo.slerp(x.astype(np.float32), y.astype(np.float32), 0.3)
+        np.testing.assert_allclose(got, numpy_slerp(0.3, x, y), rtol=1e-5, atol=1e-5)
+
+
+def test_split_point_zero_gives_one_minus_w_everywhere(pair):
+    x, y = pair
+    size = x.size
+    key = next(k for k in jax.random.split(jax.random.PRNGKey(0), 500)
+               if int(jax.random.randint(jax.random.split(k)[0], (), 0, size)) == 0)
+    w = float(jax.random.uniform(jax.random.split(key)[1]))
+    np.testing.assert_allclose(xo.crossover(key, x, y), numpy_slerp(1 - w, x, y), rtol=1e-4, atol=1e-5)
 
 
 def test_crossover_equals_per_coordinate_numpy_slerp(pair):

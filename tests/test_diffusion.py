@@ -4,11 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2n2_jax import init, method_config, tell
+from m2n2_jax import M2N2, method_config
 from m2n2_jax.diffusion import classifier as clf
 from m2n2_jax.diffusion import merge, model, pipeline, prompts, task, train
 from m2n2_jax.errors import ConfigError, M2N2Error
-from m2n2_jax.strategy import ask
 from m2n2_jax.tasks.digits import load_digits_split
 
 TINY = model.ModelConfig(embed_dim=8, hidden=16, time_freqs=2, sample_steps=3)
@@ -154,12 +153,14 @@ def test_m2n2_merges_without_mutation_are_piecewise_combinations_of_the_seeds():
         return jnp.exp(-(x[:20] - target) ** 2)
 
     config = method_config("m2n2", mutation_std=0.0, children_per_step=4, archive_size=6)
-    state = init(config, seeds, jax.vmap(score)(seeds))
+    strat = M2N2(config, seeds[0])
+    params = strat.default_params
+    state = strat.init(jax.random.PRNGKey(1), seeds, jax.vmap(score)(seeds), params)
 
     @jax.jit
     def step(state, key):
-        children = ask(config, key, state)
-        return tell(config, state, children, jax.vmap(score)(children)), None
+        children, state = strat.ask(key, state, params)
+        return strat.tell(key, children, jax.vmap(score)(children), state, params)[0], None
 
     state, _ = jax.lax.scan(step, state, jax.random.split(jax.random.PRNGKey(0), 6))
     assert int(state.inserted) > 3

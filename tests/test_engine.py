@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2n2_jax import M2N2, M2N2Config, VectorLayout, runner, strategy
+from m2n2_jax import M2N2, M2N2Config, VectorLayout, runner
 from m2n2_jax.errors import ConfigError, ScoreFunctionError, SeedModelError
 
 
@@ -35,14 +35,12 @@ def test_b1_scan_equals_step_by_step_ask_tell(digits, key_order):
     archive = jax.tree.map(lambda x: x[0], state.archive)
     key = state.key[0]
     score = jax.jit(digits.score_vector)
-    keys_fn = jax.jit(lambda k: runner.step_keys(config, k))
-    ask = jax.jit(lambda a, k: strategy.ask_with_keys(config, a, k))
-    tell = jax.jit(lambda a, c, s: strategy.tell(config, a, c, s))
+    strat, params = M2N2(config, layout=digits.layout), config.params()
     for _ in range(steps):
-        key, keys = keys_fn(key)
-        children = ask(archive, keys)
+        key, sub = jax.random.split(key)
+        children, archive = strat.ask(sub, archive, params)
         scores = jnp.stack([score(c) for c in children])
-        archive = tell(archive, children, scores)
+        archive, _ = strat.tell(sub, children, scores, archive, params)
     np.testing.assert_array_equal(scanned.archive.params[0], archive.params)
     np.testing.assert_array_equal(scanned.archive.scores[0], archive.scores)
     assert int(archive.evaluated) == steps
@@ -53,14 +51,16 @@ def test_batched_children_are_drawn_from_one_snapshot_and_inserted_in_order(digi
     state = runner.init_runs(config, digits, [2])
     archive = jax.tree.map(lambda x: x[0], state.archive)
     key = jax.random.PRNGKey(3)
-    children = strategy.ask(config, key, archive)
+    strat, params = M2N2(config, layout=digits.layout), config.params()
+    children, _ = strat.ask(key, archive, params)
     assert children.shape == (4, digits.num_params)
     scores = jax.vmap(digits.score_vector)(children)
-    together = strategy.tell(config, archive, children, scores)
+    together, metrics = strat.tell(key, children, scores, archive, params)
     one_by_one = archive
     for c, s in zip(children, scores):
-        one_by_one = strategy.tell(config, one_by_one, c[None], s[None])
+        one_by_one, _ = strat.tell(key, c[None], s[None], one_by_one, params)
     np.testing.assert_array_equal(together.params, one_by_one.params)
+    assert int(np.sum(metrics["inserted"])) == int(together.inserted - archive.inserted)
     assert int(together.evaluated) == 4
 
 
@@ -91,26 +91,32 @@ def test_seed_model_validation():
     base = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}
     strat = M2N2(M2N2Config(), base)
     scores = jnp.zeros((2, 4))
+    key, params = jax.random.PRNGKey(0), strat.default_params
     with pytest.raises(SeedModelError, match="at least two seed models"):
-        strat.init([base], scores[:1])
+        strat.init(key, [base], scores[:1], params)
     with pytest.raises(SeedModelError, match="tree structure"):
-        strat.init([base, {"w": jnp.zeros((2, 3))}], scores)
+        strat.init(key, [base, {"w": jnp.zeros((2, 3))}], scores, params)
     with pytest.raises(SeedModelError, match="shape"):
-        strat.init([base, {"w": jnp.zeros((3, 3)), "b": jnp.zeros(3)}], scores)
+        strat.init(key, [base, {"w": jnp.zeros((3, 3)), "b": jnp.zeros(3)}], scores, params)
     with pytest.raises(SeedModelError, match="dtype"):
-        strat.init([base, {"w": jnp.zeros((2, 3), jnp.bfloat16), "b": jnp.zeros(3)}], scores)
+        strat.init(key, [base, {"w": jnp.zeros((2, 3), jnp.bfloat16), "b": jnp.zeros(3)}], scores, params)
+    with pytest.raises(SeedModelError, match=r"seed vectors have shape \(2, 5\), expected \(K >= 2, 9\)"):
+        strat.init(key, jnp.zeros((2, 5)), scores, params)
 
 
 def test_score_validation_and_config_validation():
     base = {"w": jnp.zeros(3)}
     strat = M2N2(M2N2Config(), base)
+    key, params = jax.random.PRNGKey(0), strat.default_params
     with pytest.raises(ScoreFunctionError, match="shape"):
-        strat.init([base, base], jnp.zeros((2,)))
-    state = strat.init([base, {"w": jnp.ones(3)}], jnp.zeros((2, 5)))
+        strat.init(key, [base, base], jnp.zeros((2,)), params)
+    state = strat.init(key, [base, {"w": jnp.ones(3)}], jnp.zeros((2, 5)), params)
     with pytest.raises(ScoreFunctionError, match="shape"):
-        strat.tell(state, jnp.zeros((1, 3)), jnp.zeros((1, 4)))
+        strat.tell(key, jnp.zeros((1, 3)), jnp.zeros((1, 4)), state, params)
     with pytest.raises(ScoreFunctionError, match="dtype"):
-        strat.tell(state, jnp.zeros((1, 3)), jnp.zeros((1, 5), jnp.complex64))
+        strat.tell(key, jnp.zeros((1, 3)), jnp.zeros((1, 5), jnp.complex64), state, params)
+    with pytest.raises(ConfigError, match="example model"):
+        M2N2(M2N2Config())
     with pytest.raises(ConfigError, match="archive_size"):
         M2N2Config(archive_size=1)
     with pytest.raises(ConfigError, match="children_per_step=1"):
@@ -131,13 +137,15 @@ def test_api_with_user_pytree_model_solves_a_toy_task():
     strat = M2N2(M2N2Config(children_per_step=8, mutation_std=0.05), example)
     k1, k2, key = jax.random.split(jax.random.PRNGKey(0), 3)
     seeds = [jax.tree.map(lambda x: 0.1 * jax.random.normal(k, x.shape), example) for k in (k1, k2)]
-    state = strat.init(seeds, jnp.stack([score(s) for s in seeds]))
+    params = strat.default_params
+    key, k_init = jax.random.split(key)
+    state = strat.init(k_init, seeds, jnp.stack([score(s) for s in seeds]), params)
     start = float(jnp.max(jnp.mean(state.scores, axis=1)))
     batch_score = jax.jit(jax.vmap(lambda v: score(strat.unravel(v))))
     for _ in range(300):  # 2,400 children; 150 steps left some seeds short of the bar
-        key, sub = jax.random.split(key)
-        children = strat.ask(sub, state)
-        state = strat.tell(state, children, batch_score(children))
+        key, k_ask, k_tell = jax.random.split(key, 3)
+        children, state = strat.ask(k_ask, state, params)
+        state, _ = strat.tell(k_tell, children, batch_score(children), state, params)
     best = strat.best_model(state)
     assert jax.tree.structure(best) == jax.tree.structure(example)
     assert float(jnp.mean(score(best))) > start + 0.3

@@ -144,16 +144,17 @@ def test_nan_scores_are_worthless_and_the_run_goes_on():
     example = {"w": jnp.zeros(2)}
     strat = M2N2(M2N2Config(children_per_step=8, mutation_std=0.3), example)
     seeds = [{"w": jnp.array([0.5, -0.1])}, {"w": jnp.array([-0.3, -0.2])}]
-    state = strat.init(seeds, jnp.stack([score(s) for s in seeds]))
+    params = strat.default_params
     key = jax.random.PRNGKey(0)
+    state = strat.init(key, seeds, jnp.stack([score(s) for s in seeds]), params)
     batch_score = jax.vmap(lambda v: score(strat.unravel(v)))
     nan_children = 0
     for _ in range(30):
         key, sub = jax.random.split(key)
-        children = strat.ask(sub, state)
+        children, state = strat.ask(sub, state, params)
         scores = batch_score(children)
         nan_children += int(jnp.sum(jnp.any(jnp.isnan(scores), axis=1)))
-        state = strat.tell(state, children, scores)
+        state, _ = strat.tell(sub, children, scores, state, params)
     assert nan_children > 10  # the case really happened
     assert np.all(np.isfinite(state.scores))
     assert np.all(np.asarray(state.params)[:, 1] <= 0)  # no NaN-scoring child entered
@@ -164,7 +165,8 @@ def test_nan_seed_model_is_refused():
     example = {"w": jnp.zeros(2)}
     strat = M2N2(M2N2Config(), example)
     with pytest.raises(SeedModelError, match="seed model 1 has NaN"):
-        strat.init([example, {"w": jnp.array([jnp.nan, 0.0])}], jnp.zeros((2, 3)))
+        strat.init(jax.random.PRNGKey(0), [example, {"w": jnp.array([jnp.nan, 0.0])}], jnp.zeros((2, 3)),
+                   strat.default_params)
 
 
 def test_mnist5k_split_is_stratified():

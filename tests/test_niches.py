@@ -94,36 +94,77 @@ def test_non_finite_child_never_enters(bad):
 
 
 def test_degenerate_probabilities_never_nan():
+    """All fitness zero (an empty archive) or all attraction zero (member 0 dominates):
+    the engine falls back to uniform / fitness-proportional draws. The reference
+    path divides by zero and jax.random.choice then always returns index 0, so the
+    spread of the draws tells the two apart."""
     P, N = 5, 8
-    keys = jax.random.split(jax.random.PRNGKey(0), 50)
+    keys = jax.random.split(jax.random.PRNGKey(0), 200)
     cap = np.ones(N, np.float32)
-    # all fitness zero: empty archive
     S0 = np.zeros((P, N), np.float32)
-    # attraction all zero: member 0 dominates everyone
     S1 = np.zeros((P, N), np.float32)
     S1[0] = 1
     S1[1, :3] = 1
-    for S in (S0, S1):
-        for use_attraction in (True, False):
-            ab = jax.vmap(lambda k: niches.select_parents(k, S, cap, 1.0, use_attraction))(keys)
-            a, b = map(np.asarray, ab)
-            assert np.all((a >= 0) & (a < P)) and np.all((b >= 0) & (b < P))
-    # with S1, parent A must be a scoring member and B falls back to fitness-proportional
-    a, b = map(np.asarray, jax.vmap(lambda k: niches.select_parents(k, S1, cap, 1.0, True))(keys))
-    assert set(a) <= {0, 1} and set(b) <= {0, 1}
+
+    def draws(S, use_attraction, reference=False):
+        ab = jax.vmap(lambda k: niches.select_parents(k, S, cap, 1.0, use_attraction, reference))(keys)
+        return map(np.asarray, ab)
+
+    for use_attraction in (True, False):
+        a, b = draws(S0, use_attraction)  # uniform over all five members
+        assert set(a) == set(b) == set(range(P))
+    a, b = draws(S1, True)
+    # f = (6.5, 1.5, 0, 0, 0): A is 0 or 1; g is zero for A = 0, so B falls back to f
+    assert set(a) == {0, 1} and set(b[a == 0]) == {0, 1}
+    assert set(b[a == 1]) == {0}  # A = 1: only member 0 attracts
+    np.testing.assert_allclose(np.mean(b[a == 0] == 1), 1.5 / 8, atol=0.08)  # about 170 draws
+    ref_a, ref_b = draws(S1, True, reference=True)
+    assert set(ref_b[ref_a == 0]) == {0}  # the reference's NaN probabilities: always index 0
     p = niches.proportional_probs(jnp.zeros(4), jnp.full(4, 0.25))
     assert np.all(np.isfinite(p)) and np.isclose(float(p.sum()), 1)
 
 
-def test_parent_frequencies_follow_fitness_and_attraction():
+def loop_insert(S, child_scores, c, alpha):
+    """Plain-Python insertion: index of the first least-fit of members + child (P = the child)."""
+    ext = np.concatenate([S, child_scores[None]])
+    fitness = loop_fitness(ext, c, alpha)[1]
+    return int(np.argmin(fitness)), fitness
+
+
+def test_a_child_that_ties_the_worst_member_replaces_it():
+    # members 0..2 solve disjoint single points; the child solves a fresh point: all tie at 1
     S = np.zeros((3, 4), np.float32)
-    S[0, :2] = 1  # A-candidate: solves points 0, 1
-    S[1, 2] = 1   # solves point 2, complementary to member 0
-    S[2, :2] = 1  # duplicate of member 0
-    cap = np.ones(4, np.float32)
-    keys = jax.random.split(jax.random.PRNGKey(1), 4000)
-    a, b = map(np.asarray, jax.vmap(lambda k: niches.select_parents(k, S, cap, 1.0, True))(keys))
-    f = loop_fitness(S, cap, 1.0)[1]
-    np.testing.assert_allclose(np.bincount(a, minlength=3) / 4000, f / f.sum(), atol=0.03)
-    # when A is member 0 or 2, only member 1 is attractive
-    assert np.all(b[a != 1] == 1)
+    S[0, 0] = S[1, 1] = S[2, 2] = 1
+    child = np.array([0, 0, 0, 1], np.float32)
+    c = np.ones(4, np.float32)
+    worst, fitness = loop_insert(S, child, c, 1.0)
+    assert len(set(fitness)) == 1 and worst == 0  # a four-way tie: the first member leaves
+    params = np.arange(3, dtype=np.float32)[:, None]
+    new_p, new_s, inserted, slot = niches.insert(params, S, np.array([9.0], np.float32), child, c, 1.0)
+    assert bool(inserted) and int(slot) == 0
+    np.testing.assert_array_equal(np.asarray(new_p)[:, 0], [9, 1, 2])
+    np.testing.assert_array_equal(np.asarray(new_s)[0], child)
+
+
+def test_of_several_tied_weakest_members_the_first_leaves():
+    S = np.array([[1, 1, 0, 0], [0, 0, 1, 0], [1, 1, 1, 1], [0, 0, 1, 0]], np.float32)  # 1 and 3 tie
+    child = np.array([1, 1, 1, 1], np.float32)
+    c = np.ones(4, np.float32)
+    worst, fitness = loop_insert(S, child, c, 1.0)
+    assert fitness[1] == fitness[3] == min(fitness) and worst == 1
+    _, new_s, inserted, slot = niches.insert(np.zeros((4, 1), np.float32), S, np.ones(1, np.float32), child, c, 1.0)
+    assert bool(inserted) and int(slot) == worst
+    np.testing.assert_array_equal(np.asarray(new_s)[3], S[3])
+
+
+def test_a_zero_score_child_fills_an_empty_slot():
+    S = np.zeros((4, 5), np.float32)
+    S[0, :2] = 1  # one member; slots 1..3 are empty (zero scores)
+    child = np.zeros(5, np.float32)
+    c = np.ones(5, np.float32)
+    worst, _ = loop_insert(S, child, c, 1.0)
+    assert worst == 1  # ties with the empty slots at fitness 0: the first empty slot takes it
+    new_p, _, inserted, slot = niches.insert(np.zeros((4, 2), np.float32), S, np.full(2, 5.0, np.float32), child,
+                                             c, 1.0)
+    assert bool(inserted) and int(slot) == 1
+    np.testing.assert_array_equal(np.asarray(new_p)[1], [5, 5])

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2n2_jax import recipes, strategy
+from m2n2_jax import M2N2, recipes
 from m2n2_jax.config import M2N2Config
 from m2n2_jax.crossover import slerp_coefficients
 from m2n2_jax.errors import ConfigError
@@ -50,16 +50,17 @@ def test_recipe_run_equals_dense_run(overrides):
     seeds, score = problem()
     config = M2N2Config(archive_size=5, mutation_std=0.0, **overrides)
     seed_scores = score(jnp.asarray(seeds))
-    dense = strategy.init(config, jnp.asarray(seeds), seed_scores)
+    strat = M2N2(config, seeds[0])
+    params = strat.default_params
+    dense = strat.init(jax.random.PRNGKey(0), jnp.asarray(seeds), seed_scores, params)
     bank = recipes.SeedBank.build(seeds, block=8)
     archive = recipes.init(config, bank, seed_scores)
+    assert dense.capacity_rule == "archive-max" and archive.adaptive_capacity  # continuous scores
     key = jax.random.PRNGKey(3)
-    ask = jax.jit(lambda k, s: strategy.ask(config, k, s))
-    tell = jax.jit(lambda s, c, sc: strategy.tell(config, s, c, sc))
     for step in range(14):
         k = jax.random.fold_in(key, step)
-        children = ask(k, dense)
-        dense = tell(dense, children, score(children))
+        children, dense = strat.ask(k, dense, params)
+        dense, _ = strat.tell(k, children, score(children), dense, params)
         kids = recipes.ask(config, k, bank, archive)
         vectors = jnp.asarray(np.stack([bank.materialise(r) for r in kids]))
         np.testing.assert_allclose(vectors, children, rtol=1e-4, atol=1e-5)

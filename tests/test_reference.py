@@ -2,7 +2,7 @@
 
 tests/data/reference_seed42_curve.json is the test accuracy after every one of
 the first 10,000 children of the authors' code (SakanaAI/natural_niches,
-seed 42), measured on a machine like this one with jax 0.10.2 (DESIGN.md).
+seed 42), measured on a machine like this one with jax 0.10.2 (docs/algorithm.md, "Reference key order").
 """
 import json
 import os

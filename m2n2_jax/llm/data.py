@@ -141,11 +141,3 @@ def encode(tokenizer, examples, length: int | None = None) -> Batch:
         targets[i, prompt_lengths[i]:len(row)] = 1
     return Batch(tokens, np.asarray(prompt_lengths, np.int32), targets)
 
-
-def randomise_answers(examples, seed: int) -> list[tuple[str, str]]:
-    """The same prompts with answers shuffled among them: text in the tasks' format
-    whose answers carry no information (used to pre-train the base model)."""
-    rng = np.random.default_rng(seed)
-    answers = [a for _, a in examples]
-    order = rng.permutation(len(answers))
-    return [(p, answers[j]) for (p, _), j in zip(examples, order)]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import merging, recipes
+from .. import crossover, merging, recipes
 from ..config import method_config
 from ..errors import M2N2Error
 from ..flatten import VectorLayout
@@ -172,7 +172,7 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
     report("agent specialist", seeds[1])
     report("linear average", merging.linear(seeds, [0.5, 0.5]))
     ratios = np.linspace(0, 1, 21)
-    t, v = best_of([(float(r), merging.slerp_merge(seeds[0], seeds[1], float(r))) for r in ratios])
+    t, v = best_of([(float(r), crossover.slerp(seeds[0], seeds[1], float(r))) for r in ratios])
     report("SLERP (best ratio)", v, ratio=t)
     scales = [0.5, 0.75, 1.0, 1.25]
     t, v = best_of([(sc, merging.task_arithmetic(base_vec, seeds, sc)) for sc in scales])
