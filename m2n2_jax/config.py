@@ -2,9 +2,9 @@
 
 A :class:`M2N2Config` is a frozen (hashable) dataclass holding every setting;
 every ablation of the paper is one field. Its numeric settings also make an
-:class:`M2N2Params` pytree (``config.params()``): the compiled step takes
-those as arguments, so a sweep over alpha or the mutation std neither
-recompiles nor stops ``jax.vmap``; the structural settings (archive size,
+:class:`M2N2Params` pytree (``config.params()``) that the strategy's
+``ask`` / ``tell`` take as an argument, so a sweep over alpha or the mutation
+std neither recompiles nor stops ``jax.vmap``; the structural settings (archive size,
 children per step, ablation switches, key order, noise generator, capacity
 rule) are static.
 """
@@ -15,6 +15,7 @@ from typing import Literal
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 from .crossover import REFERENCE_SLERP_EPS, SLERP_EPS
 from .errors import ConfigError
@@ -120,7 +121,7 @@ class M2N2Config:
         eps = self.slerp_eps
         if eps is None:
             eps = REFERENCE_SLERP_EPS if self.reference else SLERP_EPS
-        f32 = lambda v: jax.numpy.asarray(v, jax.numpy.float32)
+        f32 = lambda v: jnp.asarray(v, jnp.float32)
         return M2N2Params(alpha=f32(self.alpha), mutation_std=f32(self.mutation_std), slerp_eps=f32(eps))
 
     def replace(self, **changes) -> "M2N2Config":

@@ -124,8 +124,9 @@ def _ask(config: M2N2Config, key, state: ArchiveState, params: M2N2Params):
     return children, state
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _tell(config: M2N2Config, population, fitness, state: ArchiveState, params: M2N2Params):
+@jax.jit
+def _tell(population, fitness, state: ArchiveState, params: M2N2Params):
+    """Insertion depends on no static setting: alpha is in params, the capacity rule in the state."""
     population = jnp.asarray(population, state.params.dtype)
     fitness = check_scores(fitness, population.shape[0], state.scores.shape[1])
     adaptive = state.capacity_rule == "archive-max"
@@ -162,7 +163,7 @@ def _init(config: M2N2Config, key, seeds, seed_scores, params: M2N2Params, capac
                          scores=jnp.zeros((size, num_points), jnp.float32), capacity=capacity,
                          evaluated=jnp.zeros((), jnp.int32), inserted=jnp.zeros((), jnp.int32),
                          key=key, capacity_rule=rule)
-    state, _ = _tell(config, seeds, seed_scores, empty, params)
+    state, _ = _tell(seeds, seed_scores, empty, params)
     return state.replace(evaluated=jnp.zeros((), jnp.int32))
 
 
@@ -214,7 +215,7 @@ class M2N2:
 
         metrics: inserted [B], slot [B] (-1 if rejected), best_index, best_mean_score.
         """
-        return _tell(self.config, population, fitness, state, params)
+        return _tell(population, fitness, state, params)
 
     def ravel(self, model) -> jax.Array:
         return self.layout.ravel(model)

@@ -40,16 +40,20 @@ def test_slerp_matches_numpy_and_keeps_norm_of_unit_vectors(pair):
     assert np.linalg.norm(0.5 * ux + 0.5 * uy) < 0.9
 
 
-@pytest.mark.parametrize("dim", [8, 19_210])
+@pytest.mark.parametrize("dim", [8, 64, 19_210])
 def test_parallel_and_zero_parents_take_the_linear_branch(dim):
-    """x and 2x: exactly linear interpolation. float32 arccos puts their angle at
-    about 3e-4 rad, so with the old threshold (1e-6) they took the curved branch."""
-    x = np.random.default_rng(dim).normal(size=dim).astype(np.float32)
-    for y in (2 * x, x):
-        t = jnp.array([0.25, 0.5, 0.8], jnp.float32)
-        cx, cy = xo.slerp_coefficients(x, y, t)
-        np.testing.assert_array_equal(cx, 1 - t)  # exact: the linear branch, not a curved approximation
-        np.testing.assert_array_equal(cy, t)
+    """x with x, 2x and 3x: exactly linear interpolation. The float32 cosine of such
+    pairs lands on 1 or just below it, depending on rounding; just below, arccos
+    gives about 3e-4 rad, so with the old threshold (1e-6) some of these pairs took
+    the curved branch."""
+    xs = np.random.default_rng(dim).normal(size=(8, dim)).astype(np.float32)
+    t = jnp.array([0.25, 0.5, 0.8], jnp.float32)
+    coefficients = jax.jit(jax.vmap(lambda x, y: jnp.stack(xo.slerp_coefficients(x, y, t))))
+    for scale in (1, 2, 3):
+        cx, cy = np.moveaxis(np.asarray(coefficients(xs, scale * xs)), 1, 0)
+        np.testing.assert_array_equal(cx, np.broadcast_to(1 - t, cx.shape))  # exact: the linear branch
+        np.testing.assert_array_equal(cy, np.broadcast_to(t, cy.shape))
+    x = xs[0]
     np.testing.assert_allclose(xo.slerp(x, 2 * x, 0.25), 1.25 * x, rtol=1e-6)
     out = xo.slerp(np.zeros(dim, np.float32), x, 0.3)  # a zero parent has no angle
     assert np.all(np.isfinite(out))

@@ -79,7 +79,7 @@ def test_a_sweep_over_alpha_is_one_compiled_call_and_matches_separate_runs():
     base = strat.default_params
     alphas = jnp.array([1.0, 0.25], jnp.float32)
     sweep = base.replace(alpha=alphas)
-    together = jax.jit(jax.vmap(run))(sweep)
+    together = jax.jit(jax.vmap(run, in_axes=(M2N2Params(alpha=0, mutation_std=None, slerp_eps=None),)))(sweep)
     assert len(traces) == 1
     run_one = jax.jit(run)
     alone = [run_one(base.replace(alpha=a)) for a in alphas]
@@ -142,11 +142,12 @@ def test_capacity_rule_auto_follows_the_score_type_and_changes_decisions():
     assert strat.init(key, seeds, np.ones((2, 3), bool), params).capacity_rule == "fixed"
     assert strat.init(key, seeds, np.ones((2, 3), np.float32), params).capacity_rule == "archive-max"
     assert strat.init(key, seeds, np.ones((2, 3), np.float32), params, capacity=np.ones(3)).capacity_rule == "fixed"
-    # datapoint 0 pays up to 10, datapoint 1 up to 1: with c = 1 the child's large score on
-    # point 0 wins; with c_j = archive max both points weigh the same and the child loses
+    # scores on datapoint 0 run to 10, on datapoint 1 to 1. With c_j = the archive's best
+    # (10, 1) the child's 6 on point 0 earns 3.75 and beats member 1's 0.83; with c = 1
+    # shares are all that count, the child earns 0.54 and member 1 keeps its place
     seed_scores = np.array([[10.0, 0.0], [0.0, 1.0]], np.float32)
     child_scores = np.array([[6.0, 0.2]], np.float32)
-    for s, enters in ((strat, False), (fixed, True)):
+    for s, enters in ((strat, True), (fixed, False)):
         state = s.init(key, seeds, seed_scores, params)
         state, metrics = s.tell(key, np.array([[3.0]], np.float32), child_scores, state, params)
         assert bool(metrics["inserted"][0]) == enters
