@@ -115,6 +115,7 @@ def _make_child(config: M2N2Config, state: ArchiveState, params: M2N2Params, key
 
 @functools.partial(jax.jit, static_argnums=0)
 def _ask(config: M2N2Config, key, state: ArchiveState, params: M2N2Params):
+    """Children from one snapshot; the key order is decided here, and nowhere else."""
     if config.reference:
         k_parents, k_cross, k_mut, next_key = jax.random.split(state.key, 4)
         keys, state = jnp.stack([k_parents, k_cross, k_mut])[None], state.replace(key=next_key)
