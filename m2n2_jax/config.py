@@ -9,6 +9,7 @@ import dataclasses
 from typing import Literal
 
 from .errors import ConfigError
+from .groups import GroupSpec
 
 KeyOrder = Literal["engine", "reference"]
 
@@ -35,6 +36,9 @@ class M2N2Config:
         4x cheaper to draw but only about 6 % faster per engine step; on 40 fresh
         seeds its runs ended 0.011 lower, 1.2 standard errors, see
         docs/results/digits-from-scratch/summary.md).
+    groups: parameter groups with their own split point and ratio each
+        (:class:`groups.GroupSpec`; None: one split point over the whole vector).
+        :func:`evolution.evolve` fills it in from ``Task.groups``.
     """
 
     archive_size: int = 20
@@ -47,6 +51,7 @@ class M2N2Config:
     key_order: KeyOrder = "engine"
     slerp_eps: float = 1e-6
     noise: Literal["hash", "threefry"] = "threefry"
+    groups: GroupSpec | None = None
 
     def __post_init__(self):
         if not isinstance(self.archive_size, int) or self.archive_size < 2:

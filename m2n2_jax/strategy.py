@@ -19,6 +19,7 @@ from . import niches
 from .config import M2N2Config
 from .errors import ScoreFunctionError
 from .flatten import VectorLayout, stack_seed_vectors
+from .groups import grouped_crossover
 
 
 @flax.struct.dataclass
@@ -100,7 +101,12 @@ def make_child(config: M2N2Config, state: ArchiveState, keys) -> jax.Array:
     a, b = niches.select_parents(keys[0], state.scores, state.capacity, config.alpha,
                                  config.use_attraction, reference=config.key_order == "reference")
     x, y = state.params[a], state.params[b]
-    child = xo.crossover(keys[1], x, y, config.use_split_point, config.slerp_eps) if config.use_crossover else x
+    if not config.use_crossover:
+        child = x
+    elif config.groups is not None:
+        child = grouped_crossover(keys[1], x, y, config.groups, config.use_split_point, config.slerp_eps)
+    else:
+        child = xo.crossover(keys[1], x, y, config.use_split_point, config.slerp_eps)
     if config.mutation_std > 0:
         child = xo.mutate(keys[2], child, config.mutation_std, config.noise_generator)
     return child
