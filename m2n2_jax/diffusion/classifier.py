@@ -2,7 +2,9 @@
 
 A Flax MLP 64-128-32-10 trained with optax (AdamW, cross-entropy) on the
 digits training split (first 80 %, raw values scaled by 1/16). Its 32-d
-pre-activation layer is the feature space: the normalised similarity of two
+pre-activation layer, centred on the training images' mean feature (so that
+cosines separate classes instead of all sharing one mean direction), is the
+feature space: the normalised similarity of two
 images is (1 + cos(f(a), f(b))) / 2 in [0, 1] (the paper's "normalised CLIP
 similarity"), and FID is computed there too. Its top class gives the
 accuracy of a prompt's class. Trained first and frozen; it never sees a
@@ -32,12 +34,13 @@ class Judge(nn.Module):
         return f, nn.Dense(10, name="head")(nn.relu(f))
 
 
-def features(params, raw):
-    return Judge().apply(params, raw)[0]
+def features(judge, raw):
+    """Centred judge features [..., 32] of raw images; ``judge`` = {"params", "center"}."""
+    return Judge().apply({"params": judge["params"]}, raw)[0] - judge["center"]
 
 
-def logits(params, raw):
-    return Judge().apply(params, raw)[1]
+def logits(judge, raw):
+    return Judge().apply({"params": judge["params"]}, raw)[1]
 
 
 def similarity(fa, fb):
@@ -54,7 +57,7 @@ def is_correct(params, raw, classes):
 
 
 def train_judge(key, steps: int = 2000, batch: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4):
-    """(params, test accuracy) of a judge trained on the digits training split."""
+    """(judge {"params", "center"}, test accuracy) of a judge trained on the digits training split."""
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     init_key, data_key = jax.random.split(key)
     params = Judge().init(init_key, jnp.zeros((1, 64)))
@@ -62,7 +65,7 @@ def train_judge(key, steps: int = 2000, batch: int = 128, lr: float = 3e-3, weig
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
 
     def loss_fn(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(Judge().apply(p, x)[1], y).mean()
 
     @jax.jit
     def run(params, key):
@@ -77,8 +80,9 @@ def train_judge(key, steps: int = 2000, batch: int = 128, lr: float = 3e-3, weig
         return params
 
     params = run(params, data_key)
-    accuracy = float(np.mean(np.asarray(jnp.argmax(logits(params, x_test), -1)) == y_test))
-    return params, accuracy
+    judge = {"params": params["params"], "center": jnp.mean(Judge().apply(params, x_train)[0], axis=0)}
+    accuracy = float(np.mean(np.asarray(jnp.argmax(logits(judge, x_test), -1)) == y_test))
+    return judge, accuracy
 
 
 def frechet_distance(fa, fb) -> float:
