@@ -108,7 +108,7 @@ class PipelineConfig:
 
     def training_key(self, part: str) -> str:
         """A hash of everything the trained ``part`` ("judge", "base" or a seed name) depends on."""
-        what = {"part": part, "seed": self.seed, "version": 3}
+        what = {"part": part, "seed": self.seed, "version": 4}
         if part == "judge":
             what["judge_steps"] = self.judge_steps
         else:
@@ -211,7 +211,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
             e = evaluate(m, judge, params, ps)
             out[f"accuracy_{lang}"], out[f"similarity_{lang}"] = e["accuracy"], e["similarity"]
             out[f"features_{lang}"] = e["features"]
-        out["consistency"] = consistency(m, judge, params, tests["japanese"], tests["english"])
+        out.update(consistency(m, judge, params, tests["japanese"], tests["english"]))
         out["fitness"] = jnp.mean(pair_scores(m, judge, params, fitness))
         return out
 
@@ -308,6 +308,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
         "tests": {"images": f"test[{cfg.test_start}:360]", "datapoints_per_language": tests["japanese"].num_datapoints,
                   "noise": "held out; the same noise for a Japanese caption and its English translation"},
         "rows": rows,
+        "bilingual_effect": bilingual_effect(rows, names[0], names, list(cfg.methods)),
         "config": cfg.to_dict(),
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
@@ -315,18 +316,44 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
 
 
 METRICS = ("accuracy_japanese", "similarity_japanese", "accuracy_english", "similarity_english",
-           "consistency", "fid_japanese", "fid_english", "fitness")
+           "consistency", "both_correct", "fid_japanese", "fid_english", "fitness")
 
 
 def _summarise(per_run: list[dict]) -> dict:
+    """Means over runs, and standard errors when there are two or more runs."""
     out = {"per_run": per_run}
     for k in per_run[0]:
         mean, sem = mean_and_sem(np.asarray([[r[k]] for r in per_run]))
-        out[k], out[k + "_sem"] = float(mean[0]), float(sem[0])
+        out[k] = float(mean[0])
+        if len(per_run) > 1:
+            out[k + "_sem"] = float(sem[0])
+    return out
+
+
+def bilingual_effect(rows: dict, ja_seed: str, seed_names, merges) -> dict:
+    """Per merge: the issue's three checks against the Japanese seed and every seed (own encoders)."""
+    ja = rows[ja_seed]
+    out = {}
+    for name in merges:
+        row = rows[name]
+        checks = {}
+        for metric in ("accuracy", "similarity"):
+            en, jp = f"{metric}_english", f"{metric}_japanese"
+            checks[f"english_{metric}_minus_ja_seed"] = row[en] - ja[en]
+            checks[f"japanese_{metric}_minus_ja_seed"] = row[jp] - ja[jp]
+        best_seed = max(rows[n]["consistency"] for n in seed_names)
+        checks["consistency_minus_best_seed"] = row["consistency"] - best_seed
+        checks["both_correct_minus_best_seed"] = row["both_correct"] - max(rows[n]["both_correct"] for n in seed_names)
+        checks["english_better"] = bool(checks["english_accuracy_minus_ja_seed"] > 0
+                                        and checks["english_similarity_minus_ja_seed"] > 0)
+        checks["japanese_kept"] = bool(checks["japanese_accuracy_minus_ja_seed"] >= 0
+                                       and checks["japanese_similarity_minus_ja_seed"] >= 0)
+        checks["consistency_above_every_seed"] = bool(checks["consistency_minus_best_seed"] > 0)
+        out[name] = checks
     return out
 
 
 def _fmt(row: dict) -> str:
     return (f"JA acc {row['accuracy_japanese']:.3f} sim {row['similarity_japanese']:.3f} | "
             f"EN acc {row['accuracy_english']:.3f} sim {row['similarity_english']:.3f} | "
-            f"consistency {row['consistency']:.3f} | FID JA {row['fid_japanese']:.2f} | fitness {row['fitness']:.3f}")
+            f"consistency {row['consistency']:.3f} both {row['both_correct']:.3f} | FID JA {row['fid_japanese']:.2f} | fitness {row['fitness']:.3f}")

@@ -10,7 +10,7 @@ from .model import ModelConfig, fixed_noise, sample, to_raw
 
 GRID_TEMPLATE = 1  # "suuji no {}" / "digit {}": one prompt per class and language
 COLUMNS = [("accuracy_japanese", 3), ("similarity_japanese", 3), ("accuracy_english", 3), ("similarity_english", 3),
-           ("consistency", 3), ("fid_japanese", 2), ("fid_english", 2), ("fitness", 3)]
+           ("consistency", 3), ("both_correct", 3), ("fid_japanese", 2), ("fid_english", 2), ("fitness", 3)]
 
 
 def _cell(row: dict, key: str, digits: int) -> str:
@@ -30,14 +30,15 @@ def table_markdown(record: dict, command: str) -> str:
         f"Accuracy = share of generated images whose judge class is the caption's; similarity = normalised "
         f"judge-feature similarity to the captioned real image; both on {record['tests']['images']} "
         f"({record['tests']['datapoints_per_language']} captions per language, held-out noise). Consistency = "
-        "similarity of the images drawn from a Japanese caption and its English translation (same noise). "
+        "similarity of the images drawn from a Japanese caption and its English translation (same noise); both "
+        "correct = share of such pairs whose two images the judge both assigns to the caption's class. "
         "FID in the judge's feature space against the real test images (lower is better). Fitness = mean "
         f"Japanese training similarity ({record['fitness']['images']}). Merges: mean ± standard error over "
         f"{cfg['runs']} runs of {cfg['forward_passes']} forward passes (best member by training score); "
         f"CMA-ES: {cfg['cma_runs']} run(s) of {cfg['forward_passes']} evaluations.", "",
         "| model | kind | encoder | JA accuracy | JA similarity | EN accuracy | EN similarity | consistency "
-        "| FID JA | FID EN | fitness (JA train) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| both correct | FID JA | FID EN | fitness (JA train) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in record["rows"].items():
         label = name

@@ -76,11 +76,19 @@ def evaluate(config: ModelConfig, judge_params, params, pairs: PairSet) -> dict:
             "features": feats.reshape(-1, feats.shape[-1]), "images": images}
 
 
-def consistency(config: ModelConfig, judge_params, params, pairs_a: PairSet, pairs_b: PairSet):
-    """Cross-lingual consistency: mean similarity of the images from the two captions of each pair (same noise)."""
-    fa = clf.features(judge_params, generate(config, params, pairs_a))
-    fb = clf.features(judge_params, generate(config, params, pairs_b.replace(noise=pairs_a.noise)))
-    return jnp.mean(clf.similarity(fa, fb))
+def consistency(config: ModelConfig, judge_params, params, pairs_a: PairSet, pairs_b: PairSet) -> dict:
+    """Cross-lingual consistency of caption pairs (same image, same noise, two languages).
+
+    "consistency": mean similarity of the two images (the paper's measure; it
+    is also high for two equally blurred images); "both_correct": share of
+    pairs whose two images the judge both assigns to the caption's class.
+    """
+    ia = generate(config, params, pairs_a)
+    ib = generate(config, params, pairs_b.replace(noise=pairs_a.noise))
+    sim = clf.similarity(clf.features(judge_params, ia), clf.features(judge_params, ib))
+    both = clf.is_correct(judge_params, ia, pairs_a.classes[:, None]) * clf.is_correct(
+        judge_params, ib, pairs_b.classes[:, None])
+    return {"consistency": jnp.mean(sim), "both_correct": jnp.mean(both)}
 
 
 def full_params(layout: VectorLayout, encoder, x):

@@ -16,6 +16,7 @@ then leaves them exactly at the base's values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,27 @@ def gradient_mask(params, trainable: str):
             "denoiser": jax.tree.map(jnp.ones_like, params["denoiser"])}
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _adam_run(config: ModelConfig, train: TrainConfig, params, images, labels, table, mask, key):
+    """Adam steps as one scan; jitted once per (config, train, shapes), whatever is frozen."""
+    opt = optax.adam(optax.cosine_decay_schedule(train.lr, train.steps, alpha=0.1))
+
+    def step(carry, k):
+        p, s = carry
+        k_idx, k_tpl, k_loss = jax.random.split(k, 3)
+        idx = jax.random.randint(k_idx, (train.batch,), 0, images.shape[0])
+        tpl = jax.random.randint(k_tpl, (train.batch,), 0, table.shape[0])
+        tokens = table[tpl, labels[idx]]
+        loss, grads = jax.value_and_grad(
+            lambda q: flow_loss(config, q, images[idx], tokens, k_loss, train.time_sampling))(p)
+        grads = jax.tree.map(jnp.multiply, grads, mask)
+        updates, s = opt.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, train.steps))
+    return params, losses
+
+
 def train_flow(config: ModelConfig, params, raw_images, labels, table, key, train: TrainConfig,
                trainable: str = "all"):
     """(params, mean loss of the last 10 % of steps) after Adam on prompts drawn from ``table``.
@@ -88,29 +110,9 @@ def train_flow(config: ModelConfig, params, raw_images, labels, table, key, trai
     raw_images [M, 64] (0..16) with labels [M]; each example gets a random
     template of ``table`` [templates, 10, T] for its class.
     """
-    images = to_model_space(raw_images)
-    labels = jnp.asarray(labels)
     mask = gradient_mask(params, trainable)
-    opt = optax.adam(optax.cosine_decay_schedule(train.lr, train.steps, alpha=0.1))
-
-    @jax.jit
-    def run(params, key):
-        def step(carry, k):
-            p, s = carry
-            k_idx, k_tpl, k_loss = jax.random.split(k, 3)
-            idx = jax.random.randint(k_idx, (train.batch,), 0, images.shape[0])
-            tpl = jax.random.randint(k_tpl, (train.batch,), 0, table.shape[0])
-            tokens = table[tpl, labels[idx]]
-            loss, grads = jax.value_and_grad(
-                lambda q: flow_loss(config, q, images[idx], tokens, k_loss, train.time_sampling))(p)
-            grads = jax.tree.map(jnp.multiply, grads, mask)
-            updates, s = opt.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), loss
-
-        (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, train.steps))
-        return params, losses
-
-    params, losses = run(params, key)
+    params, losses = _adam_run(config, train, params, to_model_space(raw_images), jnp.asarray(labels),
+                               table, mask, key)
     tail = max(1, train.steps // 10)
     return params, float(np.mean(np.asarray(losses[-tail:])))
 
