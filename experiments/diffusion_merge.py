@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cma-runs", type=int, default=defaults.cma_runs)
     parser.add_argument("--methods", default=",".join(defaults.methods))
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="only the group-swap diagnostic (one group from the Japanese seed, the other from an "
+                             "English one): writes diagnostics.json to --out")
     args = parser.parse_args(argv)
     command = "python experiments/diffusion_merge.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
@@ -44,6 +47,13 @@ def main(argv=None) -> int:
         os.makedirs(args.out, exist_ok=True)
         start = time.perf_counter()
         log = lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)
+        if args.diagnostics:
+            st = pipeline.setup(cfg, log, cache_dir=args.cache)
+            write_json(os.path.join(args.out, "diagnostics.json"),
+                       {"command": command.strip(), "group_swaps": pipeline.group_swaps(st, log),
+                        "environment": environment()})
+            log(f"wrote {args.out}/diagnostics.json")
+            return 0
         record, display, layout = pipeline.run(cfg, log, cache_dir=args.cache)
         record["command"] = command.strip()
         record["environment"] = environment()

@@ -184,9 +184,28 @@ def load_or_train(cfg: PipelineConfig, cache_dir: str | None, log: Callable = pr
     return judge, judge_info["test_accuracy"], base, models, info
 
 
-def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir: str | None = None):
-    """(record, {name: (encoder, denoiser vector)} for the grid, layout)."""
-    wall = time.perf_counter()
+@dataclasses.dataclass
+class Setup:
+    """Everything trained and fixed before merging: models, data, the score and the measure."""
+
+    judge: dict
+    judge_accuracy: float
+    base: dict
+    models: dict
+    seed_info: dict
+    names: list
+    ja_encoder: dict
+    layout: VectorLayout
+    seeds: jax.Array
+    groups: GroupSpec
+    fitness: object
+    tests: dict
+    score: Callable
+    measure: Callable
+
+
+def setup(cfg: PipelineConfig, log: Callable = print, cache_dir: str | None = None) -> Setup:
+    """Train or load the models; build the Japanese fitness, the test pairs and the metrics."""
     judge, judge_acc, base, models, seed_info = load_or_train(cfg, cache_dir, log)
     _, (x_test, y_test) = load_digits_split()
     names = [s.name for s in cfg.seeds]
@@ -221,6 +240,34 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
         for lang in LANGS:
             row[f"fid_{lang}"] = clf.frechet_distance(r[f"features_{lang}"], tests[lang].ref_features)
         return row
+
+    return Setup(judge, judge_acc, base, models, seed_info, names, ja_encoder, layout, seeds, groups,
+                 fitness, tests, score, measure)
+
+
+def group_swaps(st: Setup, log: Callable = print) -> dict:
+    """Diagnostic: one group from the Japanese seed, the other from an English one (Japanese encoder).
+
+    These merges lie in the space grouped crossover explores (one split per
+    group at the group's end); they show whether it holds a bilingual model.
+    """
+    attention = jnp.asarray(st.groups.ids() == 0)
+    rows = {}
+    for k in range(1, len(st.names)):
+        for label, x in ((f"attention {st.names[0]}, other {st.names[k]}", jnp.where(attention, st.seeds[0], st.seeds[k])),
+                         (f"attention {st.names[k]}, other {st.names[0]}", jnp.where(attention, st.seeds[k], st.seeds[0]))):
+            rows[label] = {"kind": "diagnostic", "encoder": st.names[0], **st.measure(st.ja_encoder, x)}
+            log(f"{label}: {_fmt(rows[label])}")
+    return rows
+
+
+def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir: str | None = None):
+    """(record, {name: (encoder, denoiser vector)} for the grid, layout)."""
+    wall = time.perf_counter()
+    st = setup(cfg, log, cache_dir)
+    judge, judge_acc, base, models, seed_info = st.judge, st.judge_accuracy, st.base, st.models, st.seed_info
+    names, ja_encoder, layout, seeds, groups = st.names, st.ja_encoder, st.layout, st.seeds, st.groups
+    fitness, tests, score, measure, m = st.fitness, st.tests, st.score, st.measure, cfg.model
 
     rows, display = {}, {}
     base_x = layout.ravel(base["denoiser"])
