@@ -1,14 +1,19 @@
-"""Merge text-to-image digit generators across prompt languages with M2N2.
+"""Merge text-to-image digit denoisers across prompt languages with M2N2, as the paper's section 4.3.
 
-    python experiments/diffusion_merge.py --out docs/results/diffusion-merge
+    python experiments/diffusion_merge.py                                  # writes runs/diffusion-merge
+    python experiments/diffusion_merge.py --out docs/results/diffusion-merge   # regenerates the committed results
 
-Trains a judge classifier, a shared base generator and its per-language
-fine-tunes, merges them with M2N2 (fitness on language-A prompts only) and
-the baselines, and writes results.json, table.md and grid.png to --out.
+Trains (or loads from --cache) a judge, a bilingual base generator, a
+Japanese seed (encoder and denoiser) and three English seeds (denoiser
+only); keeps the Japanese encoder fixed and merges the four denoisers with
+M2N2 (attention and other parameters as two groups, continuous scores, a
+Japanese-only fitness), its ablations, the GA and the baselines; writes
+results.json, table.md and grid.png to --out. Progress goes to stdout.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -21,29 +26,45 @@ from m2n2_jax.results import environment, write_json
 
 
 def main(argv=None) -> int:
+    defaults = pipeline.PipelineConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/results/diffusion-merge")
-    parser.add_argument("--runs", type=int, default=pipeline.PipelineConfig.runs)
-    parser.add_argument("--forward-passes", type=int, default=pipeline.PipelineConfig.forward_passes)
-    parser.add_argument("--seed", type=int, default=pipeline.PipelineConfig.seed)
+    parser.add_argument("--out", default="runs/diffusion-merge", help="output folder (default: runs/diffusion-merge)")
+    parser.add_argument("--cache", default="runs/cache", help="where trained seeds are kept (default: runs/cache)")
+    parser.add_argument("--runs", type=int, default=defaults.runs)
+    parser.add_argument("--forward-passes", type=int, default=defaults.forward_passes)
+    parser.add_argument("--cma-runs", type=int, default=defaults.cma_runs)
+    parser.add_argument("--methods", default=",".join(defaults.methods))
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="only the group-swap diagnostic (one group from the Japanese seed, the other from an "
+                             "English one): writes diagnostics.json to --out")
     args = parser.parse_args(argv)
     command = "python experiments/diffusion_merge.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        cfg = pipeline.PipelineConfig(runs=args.runs, forward_passes=args.forward_passes, seed=args.seed)
+        cfg = dataclasses.replace(defaults, runs=args.runs, forward_passes=args.forward_passes,
+                                  cma_runs=args.cma_runs, seed=args.seed,
+                                  methods=tuple(m for m in args.methods.split(",") if m))
         os.makedirs(args.out, exist_ok=True)
         start = time.perf_counter()
         log = lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)
-        record, display, layout, _ = pipeline.run(cfg, log)
+        if args.diagnostics:
+            st = pipeline.setup(cfg, log, cache_dir=args.cache)
+            write_json(os.path.join(args.out, "diagnostics.json"),
+                       {"command": command.strip(), "group_swaps": pipeline.group_swaps(st, log),
+                        "environment": environment()})
+            log(f"wrote {args.out}/diagnostics.json")
+            return 0
+        record, display, layout = pipeline.run(cfg, log, cache_dir=args.cache)
         record["command"] = command.strip()
         record["environment"] = environment()
         write_json(os.path.join(args.out, "results.json"), record)
         with open(os.path.join(args.out, "table.md"), "w") as f:
             f.write(report.table_markdown(record, command.strip()))
-        names, texts, images = report.grid_images(cfg.model, layout, display, cfg.lang_a, cfg.lang_b,
+        names, texts, images = report.grid_images(cfg.model, layout, display,
                                                   jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 200))
         report.save_grid(os.path.join(args.out, "grid.png"), names, texts, images,
-                         f"one sample per prompt (same noise in every cell); left: {cfg.lang_a} (A), "
-                         f"right: {cfg.lang_b} (B)")
+                         "one sample per prompt, the same noise in every cell; left: Japanese captions, "
+                         "right: English (never in the fitness)")
         log(f"wrote {args.out}/results.json, table.md, grid.png")
         print(report.table_markdown(record, command.strip()))
     except M2N2Error as err:

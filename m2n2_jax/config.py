@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from .crossover import REFERENCE_SLERP_EPS, SLERP_EPS
 from .errors import ConfigError
+from .groups import GroupSpec
 
 KeyOrder = Literal["engine", "reference"]
 CapacityRule = Literal["auto", "fixed", "archive-max"]
@@ -67,6 +68,9 @@ class M2N2Config:
         4x cheaper to draw but only about 6 % faster per engine step; on 40 fresh
         seeds its runs ended 0.011 lower, 1.2 standard errors, see
         docs/results/digits-from-scratch/summary.md).
+    groups: parameter groups with their own split point and ratio each
+        (:class:`groups.GroupSpec`; None: one split point over the whole vector).
+        :func:`evolution.evolve` fills it in from ``Task.groups``.
     """
 
     archive_size: int = 20
@@ -80,6 +84,7 @@ class M2N2Config:
     slerp_eps: float | None = None
     noise: Literal["hash", "threefry"] = "threefry"
     capacity_rule: CapacityRule = "auto"
+    groups: GroupSpec | None = None
 
     def __post_init__(self):
         if not isinstance(self.archive_size, int) or self.archive_size < 2:

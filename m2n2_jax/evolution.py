@@ -74,6 +74,8 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
         every process calls evolve with the same arguments and gets the same, complete result.
     """
     seeds = [int(s) for s in seeds]
+    if task.groups is not None and config.groups is None:
+        config = config.replace(groups=task.groups)
     if not seeds:
         raise ConfigError("at least one run is needed; pass --runs 1 or more.")
     if any(s < 0 for s in seeds):

@@ -42,6 +42,7 @@ from . import niches
 from .config import M2N2Config, M2N2Params
 from .errors import ConfigError, ScoreFunctionError, SeedModelError
 from .flatten import VectorLayout, stack_seed_vectors
+from .groups import grouped_crossover
 
 
 @flax.struct.dataclass
@@ -105,8 +106,11 @@ def _make_child(config: M2N2Config, state: ArchiveState, params: M2N2Params, key
     a, b = niches.select_parents(keys[0], state.scores, state.capacity, params.alpha,
                                  config.use_attraction, reference=config.reference)
     x, y = state.params[a], state.params[b]
-    child = x
-    if config.use_crossover:
+    if not config.use_crossover:
+        child = x
+    elif config.groups is not None:
+        child = grouped_crossover(keys[1], x, y, config.groups, config.use_split_point, params.slerp_eps)
+    else:
         child = xo.crossover(keys[1], x, y, config.use_split_point, params.slerp_eps, config.reference)
     if config.mutation_std > 0:  # static: merging runs compile mutation out
         child = xo.mutate(keys[2], child, params.mutation_std, config.noise_generator)

@@ -1,10 +1,12 @@
-"""A small text-to-image flow-matching model of 8x8 digits, for merging with M2N2.
+"""A small text-to-image flow-matching model of 8x8 digits, merged as the paper's section 4.3.
 
 Modules: ``prompts`` (two prompt languages, one shared tokenizer),
-``model`` (text encoder, velocity network, deterministic sampler),
-``classifier`` (the fixed digits classifier that scores images),
-``train`` (base model and per-language fine-tunes), ``task`` (the M2N2 task:
-per-prompt scores over flat parameter vectors), ``merge`` (baselines and
-the check that a merged vector is a piecewise combination of its seeds),
+``model`` (text encoder with token states, denoiser with cross-attention,
+deterministic sampler), ``classifier`` (the judge: feature similarity and FID,
+standing in for CLIP), ``train`` (bilingual base, Japanese and English
+fine-tunes), ``task`` (caption/real-image datapoints and metrics on the
+denoiser's flat vector, encoder fixed), ``search`` (M2N2 with the paper's
+continuous scoring), ``merge`` (baselines incl. CMA-ES over per-layer
+coefficients, and the check that a vector is a merge of its seeds),
 ``pipeline`` (the whole experiment) and ``report`` (table and image grid).
 """

@@ -1,51 +1,71 @@
-"""The fixed digits classifier that scores generated images.
+"""The judge: a fixed digits network whose feature space stands in for CLIP.
 
-A Flax MLP 64-128-10 trained with optax (Adam) on the digits training split
-(first 80 %, raw values 0..16 scaled by 1/16). It never sees generated images
-and is frozen before any generator is trained; its test accuracy is reported.
+A Flax MLP 64-128-32-10 trained with optax (AdamW, cross-entropy) on the
+digits training split (first 80 %, raw values scaled by 1/16). Its 32-d
+pre-activation layer, centred on the training images' mean feature (so that
+cosines separate classes instead of all sharing one mean direction), is the
+feature space: the normalised similarity of two
+images is (1 + cos(f(a), f(b))) / 2 in [0, 1] (the paper's "normalised CLIP
+similarity"), and FID is computed there too. Its top class gives the
+accuracy of a prompt's class. Trained first and frozen; it never sees a
+generated image.
 """
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..tasks.digits import MLP, load_digits_split
+from ..tasks.digits import load_digits_split
 
 HIDDEN = 128
+FEATURES = 32
 
 
-def classifier_model() -> MLP:
-    return MLP(hidden=HIDDEN, classes=10)
+class Judge(nn.Module):
+    """Raw images [..., 64] (0..16) -> (features [..., 32], logits [..., 10])."""
+
+    @nn.compact
+    def __call__(self, raw):
+        h = nn.relu(nn.Dense(HIDDEN, name="hidden")(jnp.asarray(raw, jnp.float32) / 16.0))
+        f = nn.Dense(FEATURES, name="features")(h)
+        return f, nn.Dense(10, name="head")(nn.relu(f))
 
 
-def logits(params, raw_images):
-    """Class logits [..., 10] of images on the raw digits scale 0..16."""
-    return classifier_model().apply(params, jnp.asarray(raw_images, jnp.float32) / 16.0)
+def features(judge, raw):
+    """Centred judge features [..., 32] of raw images; ``judge`` = {"params", "center"}."""
+    return Judge().apply({"params": judge["params"]}, raw)[0] - judge["center"]
 
 
-def class_probability(params, raw_images, classes):
-    """Probability [...] the classifier gives each image's intended class."""
-    probs = jax.nn.softmax(logits(params, raw_images), axis=-1)
-    return jnp.take_along_axis(probs, jnp.asarray(classes)[..., None], axis=-1)[..., 0]
+def logits(judge, raw):
+    return Judge().apply({"params": judge["params"]}, raw)[1]
 
 
-def is_correct(params, raw_images, classes):
-    """1.0 where the classifier's top class is the intended one, else 0.0."""
-    return (jnp.argmax(logits(params, raw_images), axis=-1) == classes).astype(jnp.float32)
+def similarity(fa, fb):
+    """Normalised cosine similarity (1 + cos) / 2 in [0, 1] of feature vectors [..., F]."""
+    na = jnp.linalg.norm(fa, axis=-1)
+    nb = jnp.linalg.norm(fb, axis=-1)
+    cos = jnp.sum(fa * fb, axis=-1) / jnp.maximum(na * nb, 1e-12)
+    return (1.0 + jnp.clip(cos, -1.0, 1.0)) / 2.0
 
 
-def train_classifier(key, steps: int = 1500, batch: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4):
-    """(params, test accuracy) of a classifier trained on the digits training split."""
+def is_correct(params, raw, classes):
+    """1.0 where the judge's top class is the intended one, else 0.0."""
+    return (jnp.argmax(logits(params, raw), axis=-1) == classes).astype(jnp.float32)
+
+
+def train_judge(key, steps: int = 2000, batch: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4):
+    """(judge {"params", "center"}, test accuracy) of a judge trained on the digits training split."""
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     init_key, data_key = jax.random.split(key)
-    params = classifier_model().init(init_key, jnp.zeros((1, 64)))
+    params = Judge().init(init_key, jnp.zeros((1, 64)))
     opt = optax.adamw(lr, weight_decay=weight_decay)
     x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
 
     def loss_fn(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(Judge().apply(p, x)[1], y).mean()
 
     @jax.jit
     def run(params, key):
@@ -60,5 +80,18 @@ def train_classifier(key, steps: int = 1500, batch: int = 128, lr: float = 3e-3,
         return params
 
     params = run(params, data_key)
-    accuracy = float(np.mean(np.asarray(jnp.argmax(logits(params, x_test), -1)) == y_test))
-    return params, accuracy
+    judge = {"params": params["params"], "center": jnp.mean(Judge().apply(params, x_train)[0], axis=0)}
+    accuracy = float(np.mean(np.asarray(jnp.argmax(logits(judge, x_test), -1)) == y_test))
+    return judge, accuracy
+
+
+def frechet_distance(fa, fb) -> float:
+    """FID between two sets of feature vectors [n, F] (Gaussian fit of each, float64 on the host)."""
+    import scipy.linalg
+
+    a, b = np.asarray(fa, np.float64), np.asarray(fb, np.float64)
+    mu = a.mean(0) - b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(ca @ cb)
+    root = np.real(root)
+    return float(mu @ mu + np.trace(ca + cb - 2.0 * root))

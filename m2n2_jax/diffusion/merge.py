@@ -81,17 +81,56 @@ def piecewise_fit(vector, seeds, rtol: float = 1e-4, window: int = 16) -> Piecew
     return PiecewiseFit(np.asarray(starts), np.asarray(coeffs), worst / scale)
 
 
-def word_rows_mask(layout, params, token_ids) -> np.ndarray:
-    """Boolean [D]: the flat coordinates of the embedding rows of ``token_ids``."""
-    marks = jax.tree.map(jnp.zeros_like, params)
-    text = marks["params"]["text"]
-    emb = text["embed"]["embedding"].at[jnp.asarray(token_ids)].set(1.0)
-    marks = {**marks, "params": {**marks["params"], "text": {**text, "embed": {"embedding": emb}}}}
-    return np.asarray(layout.ravel(marks)) > 0.5
+def layer_ids(layout, params) -> tuple[np.ndarray, list[str]]:
+    """(layer index of every flat coordinate [D], layer names): a layer is a top-level module."""
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    tops = [p.split("']")[1].split("['")[1] if p.startswith("['params']") else p for p in paths]
+    names = sorted(set(tops), key=tops.index)
+    marks = jax.tree.unflatten(jax.tree.structure(params),
+                               [jnp.full(np.shape(l), names.index(t), jnp.float32)
+                                for t, l in zip(tops, jax.tree.leaves(params))])
+    return np.asarray(layout.ravel(marks)).astype(np.int32), names
 
 
-def block_coefficients(vector, seeds, mask) -> np.ndarray:
-    """Least-squares coefficients [K] of the seeds on the coordinates in ``mask`` (min-norm)."""
-    s = np.asarray(seeds, np.float64)[:, mask]
-    c, *_ = np.linalg.lstsq(s.T, np.asarray(vector, np.float64)[mask], rcond=None)
-    return c
+def layer_merge(seeds, ids, logits):
+    """sum_k softmax(logits[l])_k * seeds[k] on the coordinates of each layer l; logits [L, K]."""
+    weights = jax.nn.softmax(logits, axis=-1)[jnp.asarray(ids)]          # [D, K]
+    return jnp.sum(weights.T * seeds, axis=0)
+
+
+def cma_es_layers(seeds, ids, num_layers: int, features_fn, ref_features, budget: int, seed: int,
+                  population: int = 16, std: float = 1.0, log=None):
+    """CMA-ES (evosax) over per-layer mixing logits [L, K], minimising FID in the judge's feature space.
+
+    features_fn(x) -> generated features [n, F] for a merged vector; the FID is
+    against ``ref_features`` [n, F]. Starts at the linear average (all logits
+    0). Returns (best vector, best FID, curve [(evaluations, best FID)]).
+    """
+    from evosax.algorithms import CMA_ES
+
+    from .classifier import frechet_distance
+
+    seeds = jnp.asarray(seeds)
+    shape = (num_layers, seeds.shape[0])
+    es = CMA_ES(population_size=population, solution=jnp.zeros(shape))
+    params = es.default_params.replace(std_init=std)
+    key = jax.random.PRNGKey(seed)
+    key, k_init = jax.random.split(key)
+    state = es.init(k_init, jnp.zeros(shape), params)
+    feats = jax.jit(lambda pop: jax.lax.map(lambda w: features_fn(layer_merge(seeds, ids, w)), pop))
+    ref = np.asarray(ref_features)
+    best, best_w, evaluated, curve = np.inf, jnp.zeros(shape), 0, []
+    while evaluated < budget:
+        key, k_ask, k_tell = jax.random.split(key, 3)
+        pop, state = es.ask(k_ask, state, params)
+        pop = pop[:budget - evaluated]
+        fid = np.array([frechet_distance(f, ref) for f in np.asarray(feats(pop))])
+        evaluated += len(fid)
+        if fid.min() < best:
+            best, best_w = float(fid.min()), pop[int(fid.argmin())]
+        if len(fid) == population:
+            state, _ = es.tell(k_tell, pop, jnp.asarray(fid), state, params)
+        curve.append((evaluated, best))
+        if log and (len(curve) % 10 == 0 or evaluated >= budget):
+            log(f"  CMA-ES {evaluated}/{budget} evaluations, best training FID {best:.3f}")
+    return layer_merge(seeds, ids, best_w), best, curve

@@ -1,19 +1,24 @@
-"""The whole experiment as one function: train, merge, measure.
+"""The whole experiment as one function: train (or load), merge, measure.
 
-Steps: (1) a digits classifier (the judge), (2) a shared base generator,
-(3) seed models fine-tuned from it, one on language A (embeddings only) and
-several on language B (all parameters, disjoint data), (4) baselines (each
-seed, the linear average, SLERP at the best ratio), (5) M2N2 and its
-ablations merging the seeds with fitness on language-A prompts only, (6)
-accuracy of every model's images on held-out noise for both languages.
-:func:`run` returns a JSON-ready record plus the vectors the grid shows.
+Steps: (1) the judge, (2) a bilingual base generator, (3) the seeds: a
+Japanese one (encoder and denoiser fine-tuned on Japanese prompts) and three
+English ones (denoiser only), cached on disk; (4) baselines on the Japanese
+seed's encoder: each seed, the linear average, SLERP at the best ratio,
+CMA-ES over per-layer coefficients minimising FID; (5) M2N2, its ablations
+and the GA merging the four denoisers with the Japanese encoder fixed and a
+Japanese-only fitness; (6) metrics on held-out images and noise for both
+languages. :func:`run` returns a JSON-ready record and the vectors for the grid.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import time
 from typing import Callable
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,15 +26,46 @@ import numpy as np
 from ..config import method_config
 from ..crossover import slerp
 from ..errors import ConfigError
-from ..evolution import evolve
 from ..flatten import VectorLayout
+from ..groups import GroupSpec
 from ..results import mean_and_sem
 from ..tasks.digits import load_digits_split
 from . import classifier as clf
-from . import merge, train
-from . import prompts as pr
+from . import merge, search, train
 from .model import ModelConfig
-from .task import merge_task, prompt_accuracy, prompt_set
+from .task import attention_group, consistency, evaluate, full_params, pair_scores, pair_set
+
+LANGS = ("japanese", "english")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedSpec:
+    """One seed: fine-tuned from the base on ``lang`` prompts, images train[lo:hi]."""
+
+    name: str
+    lang: str
+    trainable: str
+    lo: int
+    hi: int
+    train: train.TrainConfig
+
+
+DEFAULT_SEEDS = (
+    SeedSpec("seed-JA", "japanese", "all", 0, 150, train.TrainConfig(steps=300, batch=64, lr=2e-3)),
+    SeedSpec("seed-EN1", "english", "denoiser", 0, 718, train.TrainConfig(steps=1500, batch=64, lr=2e-3)),
+    SeedSpec("seed-EN2", "english", "denoiser", 718, 1437, train.TrainConfig(steps=1500, batch=64, lr=2e-3)),
+    SeedSpec("seed-EN3", "english", "denoiser", 0, 1437,
+             train.TrainConfig(steps=800, batch=64, lr=3e-3, time_sampling="logit-normal")),
+)
+
+# Method name -> (engine method, use groups). "one group" = one split point over the whole denoiser.
+METHODS = {
+    "m2n2": ("m2n2", True),
+    "m2n2-no-attraction": ("m2n2-no-attraction", True),
+    "m2n2-no-split-point": ("m2n2-no-split-point", True),
+    "m2n2-one-group": ("m2n2", False),
+    "ga": ("ga", True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,199 +73,334 @@ class PipelineConfig:
     """Sizes and budgets of the experiment (the defaults are the documented run)."""
 
     model: ModelConfig = ModelConfig()
-    classifier_steps: int = 1500
-    base: train.TrainConfig = train.TrainConfig(steps=100, lr=2e-3)
-    lang_a: str = "japanese"
-    lang_b: str = "english"
-    a_train: train.TrainConfig = train.TrainConfig(steps=800, lr=1e-2)
-    a_scope: str = "embeddings"
-    a_images: int = 300
-    b_train: train.TrainConfig = train.TrainConfig(steps=2000, lr=1e-3)
-    b_scope: str = "all"
-    num_b: int = 2
-    fitness_samples: int = 4
-    report_samples: int = 8
-    methods: tuple[str, ...] = ("m2n2", "m2n2-no-attraction", "m2n2-no-split-point", "ga")
+    judge_steps: int = 2000
+    base: train.TrainConfig = train.TrainConfig(steps=300, batch=64, lr=2e-3)
+    seeds: tuple[SeedSpec, ...] = DEFAULT_SEEDS
+    fitness_images: int = 96       # test-split images [0, fitness_images) with Japanese captions
+    test_start: int = 160          # test-split images [test_start, 360) for every report
+    methods: tuple[str, ...] = tuple(METHODS)
     runs: int = 3
-    forward_passes: int = 3200
+    forward_passes: int = 400
     children_per_step: int = 4
-    archive_size: int = 20
-    slerp_ratios: int = 21
+    archive_size: int = 10
+    slerp_ratios: int = 11
+    cma_runs: int = 1
+    cma_population: int = 16
     seed: int = 0
 
     def __post_init__(self):
-        if self.lang_a == self.lang_b:
-            raise ConfigError(f"languages A and B must differ (both are {self.lang_a!r}).")
-        if self.num_b < 1 or self.runs < 1 or self.slerp_ratios < 2:
-            raise ConfigError("need num_b >= 1, runs >= 1 and slerp_ratios >= 2.")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown methods {unknown}; choose from: {', '.join(METHODS)}.")
+        if not self.seeds or self.seeds[0].lang != "japanese" or self.seeds[0].trainable != "all":
+            raise ConfigError("the first seed must be the Japanese one with its own encoder (trainable 'all').")
+        if self.runs < 1 or self.slerp_ratios < 2 or self.cma_runs < 0:
+            raise ConfigError("need runs >= 1, slerp_ratios >= 2 and cma_runs >= 0.")
         if self.forward_passes < 1 or self.forward_passes % self.children_per_step:
             raise ConfigError(
                 f"forward_passes ({self.forward_passes}) must be a positive multiple of children_per_step "
                 f"({self.children_per_step}); use {max(1, self.forward_passes // self.children_per_step) * self.children_per_step}.")
+        if not 0 < self.fitness_images <= self.test_start < 350:
+            raise ConfigError("need 0 < fitness_images <= test_start < 350 (test split has 360 images).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def training_key(self, part: str) -> str:
+        """A hash of everything the trained ``part`` ("judge", "base" or a seed name) depends on."""
+        what = {"part": part, "seed": self.seed, "version": 4}
+        if part == "judge":
+            what["judge_steps"] = self.judge_steps
+        else:
+            what.update(model=dataclasses.asdict(self.model), base=dataclasses.asdict(self.base))
+            if part != "base":
+                index = [s.name for s in self.seeds].index(part)
+                what.update(spec=dataclasses.asdict(self.seeds[index]), index=index)
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _key(cfg: PipelineConfig, purpose: int):
     return jax.random.fold_in(jax.random.PRNGKey(cfg.seed), purpose)
 
 
-def train_seed_models(cfg: PipelineConfig, log: Callable = print):
-    """(base params, {name: params}, info): the shared base and its fine-tunes."""
-    (x_train, y_train), _ = load_digits_split()
-    start = time.perf_counter()
-    base, loss = train.train_base(cfg.model, x_train, y_train, _key(cfg, 1), cfg.base)
-    log(f"base: {cfg.base.steps} steps on class-symbol prompts, final loss {loss:.3f} "
-        f"({time.perf_counter() - start:.1f}s)")
-    models, info = {}, {}
-    start = time.perf_counter()
-    models["seed-A"], loss = train.fine_tune(cfg.model, base, x_train[:cfg.a_images], y_train[:cfg.a_images],
-                                             cfg.lang_a, _key(cfg, 2), cfg.a_train, cfg.a_scope)
-    info["seed-A"] = {"language": cfg.lang_a, "scope": cfg.a_scope, "images": f"train[0:{cfg.a_images}]",
-                      "steps": cfg.a_train.steps, "lr": cfg.a_train.lr, "final_loss": round(loss, 4)}
-    log(f"seed-A: {cfg.lang_a}, scope {cfg.a_scope}, loss {loss:.3f} ({time.perf_counter() - start:.1f}s)")
-    bounds = np.linspace(0, len(x_train), cfg.num_b + 1).astype(int)
-    for i in range(cfg.num_b):
-        lo, hi = bounds[i], bounds[i + 1]
-        name = f"seed-B{i + 1}"
+class _Cache:
+    """Trained parts on disk, one file per part, named by the hash of its settings (None: no cache)."""
+
+    def __init__(self, cfg: PipelineConfig, folder: str | None, log: Callable):
+        self.cfg, self.folder, self.log = cfg, folder, log
+
+    def get(self, part: str, make: Callable):
+        """(tree, info) from disk, or from ``make()`` -> (tree, info), then saved."""
+        path = None if self.folder is None else os.path.join(
+            self.folder, f"diffusion-{part}-{self.cfg.training_key(part)}")
+        if path and os.path.exists(path + ".msgpack") and os.path.exists(path + ".json"):
+            with open(path + ".msgpack", "rb") as f:
+                tree = jax.tree.map(jnp.asarray, flax.serialization.msgpack_restore(f.read()))
+            with open(path + ".json") as f:
+                info = json.load(f)
+            self.log(f"{part}: loaded from {path}.msgpack (delete it to retrain)")
+            return tree, info
         start = time.perf_counter()
-        models[name], loss = train.fine_tune(cfg.model, base, x_train[lo:hi], y_train[lo:hi], cfg.lang_b,
-                                             _key(cfg, 10 + i), cfg.b_train, cfg.b_scope)
-        info[name] = {"language": cfg.lang_b, "scope": cfg.b_scope, "images": f"train[{lo}:{hi}]",
-                      "steps": cfg.b_train.steps, "lr": cfg.b_train.lr, "final_loss": round(loss, 4)}
-        log(f"{name}: {cfg.lang_b}, scope {cfg.b_scope}, images {lo}:{hi}, loss {loss:.3f} "
-            f"({time.perf_counter() - start:.1f}s)")
-    return base, models, info
+        tree, info = make()
+        info = {**info, "train_seconds": round(time.perf_counter() - start, 1)}
+        if path:
+            os.makedirs(self.folder, exist_ok=True)
+            with open(path + ".msgpack", "wb") as f:
+                f.write(flax.serialization.msgpack_serialize(jax.device_get(tree)))
+            with open(path + ".json", "w") as f:
+                json.dump(info, f, indent=1)
+        return tree, info
 
 
-def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print):
-    """(record, vectors shown in the grid {name: [D]}, layout, judge params)."""
+def load_or_train(cfg: PipelineConfig, cache_dir: str | None, log: Callable = print):
+    """(judge, judge accuracy, base, {name: params}, info): trained here or loaded from ``cache_dir``."""
+    (x_train, y_train), _ = load_digits_split()
+    cache = _Cache(cfg, cache_dir, log)
+
+    def make_judge():
+        judge, acc = clf.train_judge(_key(cfg, 0), steps=cfg.judge_steps)
+        log(f"judge: MLP 64-{clf.HIDDEN}-{clf.FEATURES}-10, test accuracy {acc:.4f}")
+        return judge, {"test_accuracy": acc}
+
+    judge, judge_info = cache.get("judge", make_judge)
+
+    def make_base():
+        base, loss = train.train_base(cfg.model, x_train, y_train, _key(cfg, 1), cfg.base)
+        log(f"base: {cfg.base.steps} steps on Japanese and English prompts, loss {loss:.3f}")
+        return base, {"languages": list(LANGS), **dataclasses.asdict(cfg.base), "final_loss": round(loss, 4)}
+
+    base, base_info = cache.get("base", make_base)
+    models, info = {}, {"base": base_info}
+    for i, s in enumerate(cfg.seeds):
+        def make_seed(i=i, s=s):
+            params, loss = train.fine_tune(cfg.model, base, x_train[s.lo:s.hi], y_train[s.lo:s.hi], s.lang,
+                                           _key(cfg, 10 + i), s.train, s.trainable)
+            log(f"{s.name}: {s.lang} prompts, trains {s.trainable}, images {s.lo}:{s.hi}, {s.train.steps} steps, "
+                f"loss {loss:.3f}")
+            return params, {"language": s.lang, "trains": s.trainable, "images": f"train[{s.lo}:{s.hi}]",
+                            **dataclasses.asdict(s.train), "final_loss": round(loss, 4)}
+
+        models[s.name], info[s.name] = cache.get(s.name, make_seed)
+    return judge, judge_info["test_accuracy"], base, models, info
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything trained and fixed before merging: models, data, the score and the measure."""
+
+    judge: dict
+    judge_accuracy: float
+    base: dict
+    models: dict
+    seed_info: dict
+    names: list
+    ja_encoder: dict
+    layout: VectorLayout
+    seeds: jax.Array
+    groups: GroupSpec
+    fitness: object
+    tests: dict
+    score: Callable
+    measure: Callable
+
+
+def setup(cfg: PipelineConfig, log: Callable = print, cache_dir: str | None = None) -> Setup:
+    """Train or load the models; build the Japanese fitness, the test pairs and the metrics."""
+    judge, judge_acc, base, models, seed_info = load_or_train(cfg, cache_dir, log)
+    _, (x_test, y_test) = load_digits_split()
+    names = [s.name for s in cfg.seeds]
+    ja_encoder = models[names[0]]["encoder"]
+    layout = VectorLayout.of(base["denoiser"])
+    seeds = jnp.stack([layout.ravel(models[n]["denoiser"]) for n in names])
+    groups = GroupSpec.from_params(layout, base["denoiser"], attention_group, ["attention", "other"])
+    lo, hi = 0, cfg.fitness_images
+    fitness = pair_set("japanese", judge, x_test[lo:hi], y_test[lo:hi], _key(cfg, 100))
+    tests = {lang: pair_set(lang, judge, x_test[cfg.test_start:], y_test[cfg.test_start:], _key(cfg, 101))
+             for lang in LANGS}
+    m = cfg.model
+
+    def score(x):
+        return pair_scores(m, judge, full_params(layout, ja_encoder, x), fitness)
+
+    @jax.jit
+    def raw_metrics(encoder, x):
+        params = full_params(layout, encoder, x)
+        out = {}
+        for lang, ps in tests.items():
+            e = evaluate(m, judge, params, ps)
+            out[f"accuracy_{lang}"], out[f"similarity_{lang}"] = e["accuracy"], e["similarity"]
+            out[f"features_{lang}"] = e["features"]
+        out.update(consistency(m, judge, params, tests["japanese"], tests["english"]))
+        out["fitness"] = jnp.mean(pair_scores(m, judge, params, fitness))
+        return out
+
+    def measure(encoder, x) -> dict:
+        r = jax.device_get(raw_metrics(encoder, x))
+        row = {k: float(v) for k, v in r.items() if not k.startswith("features")}
+        for lang in LANGS:
+            row[f"fid_{lang}"] = clf.frechet_distance(r[f"features_{lang}"], tests[lang].ref_features)
+        return row
+
+    return Setup(judge, judge_acc, base, models, seed_info, names, ja_encoder, layout, seeds, groups,
+                 fitness, tests, score, measure)
+
+
+def group_swaps(st: Setup, log: Callable = print) -> dict:
+    """Diagnostic: one group from the Japanese seed, the other from an English one (Japanese encoder).
+
+    These merges lie in the space grouped crossover explores (one split per
+    group at the group's end); they show whether it holds a bilingual model.
+    """
+    attention = jnp.asarray(st.groups.ids() == 0)
+    rows = {}
+    for k in range(1, len(st.names)):
+        for label, x in ((f"attention {st.names[0]}, other {st.names[k]}", jnp.where(attention, st.seeds[0], st.seeds[k])),
+                         (f"attention {st.names[k]}, other {st.names[0]}", jnp.where(attention, st.seeds[k], st.seeds[0]))):
+            rows[label] = {"kind": "diagnostic", "encoder": st.names[0], **st.measure(st.ja_encoder, x)}
+            log(f"{label}: {_fmt(rows[label])}")
+    return rows
+
+
+def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir: str | None = None):
+    """(record, {name: (encoder, denoiser vector)} for the grid, layout)."""
     wall = time.perf_counter()
-    clf_params, clf_acc = clf.train_classifier(_key(cfg, 0), steps=cfg.classifier_steps)
-    log(f"classifier: MLP 64-{clf.HIDDEN}-10, test accuracy {clf_acc:.4f}")
-    base, models, seed_info = train_seed_models(cfg, log)
-    layout = VectorLayout.of(base)
-    seed_names = list(models)
-    seeds = jnp.stack([layout.ravel(models[n]) for n in seed_names])
-
-    fitness = prompt_set(cfg.lang_a, _key(cfg, 100), cfg.fitness_samples)
-    reports = {"A": prompt_set(cfg.lang_a, _key(cfg, 101), cfg.report_samples),
-               "B": prompt_set(cfg.lang_b, _key(cfg, 102), cfg.report_samples)}
-    task = merge_task(cfg.model, clf_params, layout, fitness, reports, seeds)
-    metrics = jax.jit(task.metrics)
-    fitness_mean = jax.jit(lambda x: jnp.mean(task.score_vector(x)))
-
-    def prompt_accuracy_b(x):
-        return prompt_accuracy(cfg.model, clf_params, layout.unravel(x), reports["B"])
-
-    def measure(x) -> dict:
-        m = jax.device_get(metrics(x))
-        return {"accuracy_A": float(m["accuracy_A"]), "accuracy_B": float(m["accuracy_B"]),
-                "fitness_accuracy": float(m["fitness_accuracy"]), "fitness_score": float(fitness_mean(x))}
+    st = setup(cfg, log, cache_dir)
+    judge, judge_acc, base, models, seed_info = st.judge, st.judge_accuracy, st.base, st.models, st.seed_info
+    names, ja_encoder, layout, seeds, groups = st.names, st.ja_encoder, st.layout, st.seeds, st.groups
+    fitness, tests, score, measure, m = st.fitness, st.tests, st.score, st.measure, cfg.model
 
     rows, display = {}, {}
-    for name, x in [("base", layout.ravel(base))] + list(zip(seed_names, seeds)):
-        rows[name] = {"kind": "seed" if name != "base" else "reference", **measure(x)}
-        display[name] = x
-        log(f"{name}: {_fmt(rows[name])}")
+    base_x = layout.ravel(base["denoiser"])
+    rows["base"] = {"kind": "reference", "encoder": "base", **measure(base["encoder"], base_x)}
+    display["base"] = (base["encoder"], base_x)
+    for n, x in zip(names, seeds):
+        own = models[n]["encoder"]
+        rows[n] = {"kind": "seed", "encoder": "own", **measure(own, x)}
+        display[n] = (own, x)
+        log(f"{n}: {_fmt(rows[n])}")
+    for n, x in list(zip(names, seeds))[1:]:
+        rows[n + " + JA encoder"] = {"kind": "diagnostic", "encoder": names[0], **measure(ja_encoder, x)}
+        log(f"{n} + JA encoder: {_fmt(rows[n + ' + JA encoder'])}")
+
     average = merge.linear_average(seeds)
-    rows["linear-average"] = {"kind": "baseline", "models": seed_names, **measure(average)}
-    display["linear-average"] = average
+    rows["linear-average"] = {"kind": "baseline", "encoder": names[0], **measure(ja_encoder, average)}
+    display["linear-average"] = (ja_encoder, average)
     log(f"linear-average: {_fmt(rows['linear-average'])}")
 
+    score_mean = jax.jit(lambda x: jnp.mean(score(x)))
     ratios = np.linspace(0.0, 1.0, cfg.slerp_ratios)
     best = None
-    for j, name in enumerate(seed_names[1:], start=1):
-        ratio, values = merge.slerp_sweep(fitness_mean, seeds[0], seeds[j], ratios)
+    for j in range(1, len(names)):
+        ratio, values = merge.slerp_sweep(score_mean, seeds[0], seeds[j], ratios)
         if best is None or values.max() > best[2]:
-            best = (name, ratio, float(values.max()))
-    x_slerp = slerp(seeds[0], seeds[seed_names.index(best[0])], best[1])
-    rows["slerp-best"] = {"kind": "baseline", "models": ["seed-A", best[0]], "ratio": best[1],
-                          "ratios_searched": int(cfg.slerp_ratios), **measure(x_slerp)}
-    display["slerp-best"] = x_slerp
-    log(f"slerp-best (seed-A to {best[0]}, t = {best[1]:.2f}): {_fmt(rows['slerp-best'])}")
+            best = (j, ratio, float(values.max()))
+    x_slerp = slerp(seeds[0], seeds[best[0]], best[1])
+    rows["slerp-best"] = {"kind": "baseline", "encoder": names[0], "models": [names[0], names[best[0]]],
+                          "ratio": best[1], "ratios_searched": cfg.slerp_ratios,
+                          "evaluations": cfg.slerp_ratios * (len(names) - 1), **measure(ja_encoder, x_slerp)}
+    display["slerp-best"] = (ja_encoder, x_slerp)
+    log(f"slerp-best ({names[0]} to {names[best[0]]}, t = {best[1]:.2f}): {_fmt(rows['slerp-best'])}")
 
-    # Diagnostic: one split at the boundary of the language-A word rows, with
-    # everything else from one B model; the bilingual model the merge space holds.
-    rows_a = merge.word_rows_mask(layout, base, pr.language_token_ids(cfg.lang_a))
-    rows_b = merge.word_rows_mask(layout, base, pr.language_token_ids(cfg.lang_b))
-    best = None
-    for j, name in enumerate(seed_names[1:], start=1):
-        x = jnp.where(jnp.asarray(rows_a), seeds[0], seeds[j])
-        value = float(fitness_mean(x))
-        if best is None or value > best[2]:
-            best = (name, x, value)
-    rows["oracle-split"] = {"kind": "diagnostic", "models": [best[0], "seed-A"],
-                            "note": f"{best[0]} with seed-A's {cfg.lang_a} word embeddings", **measure(best[1])}
-    display["oracle-split"] = best[1]
-    log(f"oracle-split ({best[0]} + seed-A's {cfg.lang_a} word rows): {_fmt(rows['oracle-split'])}")
-
-    b_index = seed_names.index(best[0])
-    restore_b = jax.jit(lambda v: prompt_accuracy_b(jnp.where(jnp.asarray(rows_b), seeds[b_index], v)))
-
-    def provenance(v) -> dict:
-        """Where a merge's word rows come from, and its B accuracy with B's word rows put back."""
-        ca = merge.block_coefficients(v, seeds, rows_a)
-        cb = merge.block_coefficients(v, seeds, rows_b)
-        return {f"{cfg.lang_a}_rows_coeffs": [round(float(c), 3) for c in ca],
-                f"{cfg.lang_b}_rows_coeffs": [round(float(c), 3) for c in cb],
-                "accuracy_B_with_B_rows": float(restore_b(v))}
-
-    for name in ("seed-A", "linear-average"):
-        rows[name].update(provenance(display[name]))
+    ids, layer_names = merge.layer_ids(layout, base["denoiser"])
+    if cfg.cma_runs:
+        log(f"CMA-ES over {len(layer_names)} layers x {len(names)} seeds, minimising training FID "
+            f"({cfg.forward_passes} evaluations per run, {cfg.cma_runs} run(s))")
+        feats_fn = lambda x: clf.features(judge, evaluate(m, judge, full_params(layout, ja_encoder, x),
+                                                          fitness)["images"]).reshape(-1, clf.FEATURES)
+        per_run, start = [], time.perf_counter()
+        for r in range(cfg.cma_runs):
+            x_cma, fid, _ = merge.cma_es_layers(seeds, ids, len(layer_names), feats_fn, fitness.ref_features,
+                                                cfg.forward_passes, cfg.seed + r, cfg.cma_population, log=log)
+            per_run.append({"training_fid": fid, **measure(ja_encoder, x_cma)})
+            if r == 0:
+                display["cma-es"] = (ja_encoder, x_cma)
+        rows["cma-es"] = {"kind": "baseline", "encoder": names[0], "layers": layer_names,
+                          "evaluations": cfg.forward_passes, "wall_seconds": round(time.perf_counter() - start, 1),
+                          **_summarise(per_run)}
+        log(f"cma-es: {_fmt(rows['cma-es'])}")
 
     run_seeds = list(range(cfg.seed, cfg.seed + cfg.runs))
     for method in cfg.methods:
-        config = method_config(method, mutation_std=0.0, children_per_step=cfg.children_per_step,
-                               archive_size=cfg.archive_size)
+        engine_method, grouped = METHODS[method]
+        config = method_config(engine_method, mutation_std=0.0, children_per_step=cfg.children_per_step,
+                               archive_size=cfg.archive_size, groups=groups if grouped else None)
+        log(f"{method}: {cfg.runs} runs x {cfg.forward_passes} forward passes "
+            f"({'groups: ' + ', '.join(groups.names) if grouped else 'one group'})")
         start = time.perf_counter()
-        result = evolve(config, task, run_seeds, cfg.forward_passes, seed_models=seeds,
-                        log_every=_log_every(cfg.forward_passes, cfg.children_per_step))
-        vectors = result.best_vectors()
-        per_run = [{**measure(v), **provenance(v)} for v in vectors]
-        fits = [merge.piecewise_fit(v, seeds) for v in vectors]
-        row = {"kind": "merge", "config": config.to_dict(), "runs": len(run_seeds), "run_seeds": run_seeds,
-               "forward_passes": cfg.forward_passes, "wall_seconds": round(time.perf_counter() - start, 1),
-               "per_run": per_run,
-               "segments_per_run": [f.num_segments for f in fits],
-               "max_relative_residual": max(f.max_residual for f in fits)}
-        for k in ("accuracy_A", "accuracy_B", "fitness_accuracy", "fitness_score", "accuracy_B_with_B_rows"):
-            mean, sem = mean_and_sem(np.asarray([[r[k]] for r in per_run]))
-            row[k], row[k + "_sem"] = float(mean[0]), float(sem[0])
-        rows[method] = row
-        display[method] = jnp.asarray(vectors[0])
-        log(f"{method}: {_fmt(row)} (mean of {len(run_seeds)} runs, {row['wall_seconds']}s; "
-            f"merge segments {row['segments_per_run']})")
+        archives, curve = search.run(config, score, seeds, run_seeds, cfg.forward_passes, log=log)
+        vectors = search.best_vectors(archives)
+        per_run = [measure(ja_encoder, jnp.asarray(v)) for v in vectors]
+        fits = [merge.piecewise_fit(v, np.asarray(seeds)) for v in vectors]
+        rows[method] = {"kind": "merge", "encoder": names[0], "engine_method": engine_method,
+                        "groups": groups.to_dict() if grouped else "one group", "runs": cfg.runs,
+                        "run_seeds": run_seeds, "forward_passes": cfg.forward_passes,
+                        "training_curve": curve, "wall_seconds": round(time.perf_counter() - start, 1),
+                        "segments_per_run": [f.num_segments for f in fits],
+                        "max_relative_residual": max(f.max_residual for f in fits), **_summarise(per_run)}
+        display[method] = (ja_encoder, jnp.asarray(vectors[0]))
+        log(f"{method}: {_fmt(rows[method])} ({rows[method]['wall_seconds']}s; merge segments "
+            f"{rows[method]['segments_per_run']})")
 
     record = {
         "experiment": "diffusion-merge",
-        "languages": {"A": cfg.lang_a, "B": cfg.lang_b},
-        "classifier": {"model": f"Flax MLP 64-{clf.HIDDEN}-10, optax AdamW, {cfg.classifier_steps} steps",
-                       "test_accuracy": round(clf_acc, 4)},
-        "generator": {"num_params": layout.size, **dataclasses.asdict(cfg.model)},
+        "judge": {"model": f"Flax MLP 64-{clf.HIDDEN}-{clf.FEATURES}-10, optax AdamW, {cfg.judge_steps} steps; "
+                           f"features = centred {clf.FEATURES}-d layer", "test_accuracy": round(judge_acc, 4)},
+        "generator": {"denoiser_params": layout.size, "encoder_params": int(VectorLayout.of(ja_encoder).size),
+                      "groups": groups.to_dict(), "layers": layer_names, **dataclasses.asdict(cfg.model)},
         "seed_models": seed_info,
-        "fitness": {"language": cfg.lang_a, "prompts": int(fitness.tokens.shape[0]),
-                    "samples_per_prompt": cfg.fitness_samples, "datapoints": fitness.num_datapoints,
-                    "score": "classifier probability of the prompt's class"},
-        "reports": {k: {"prompts": int(v.tokens.shape[0]), "samples_per_prompt": cfg.report_samples,
-                        "noise": "held out (not the fitness noise)"} for k, v in reports.items()},
+        "fitness": {"language": "japanese", "images": f"test[0:{cfg.fitness_images}]",
+                    "datapoints": fitness.num_datapoints,
+                    "score": "normalised judge-feature similarity (1 + cos) / 2 of generated and real image; "
+                             "worst in population subtracted, capacity = best shifted score in the archive"},
+        "tests": {"images": f"test[{cfg.test_start}:360]", "datapoints_per_language": tests["japanese"].num_datapoints,
+                  "noise": "held out; the same noise for a Japanese caption and its English translation"},
         "rows": rows,
-        "word_rows": {"coordinates_" + cfg.lang_a: int(rows_a.sum()), "coordinates_" + cfg.lang_b: int(rows_b.sum()),
-                      "first_coordinate_" + cfg.lang_a: int(np.argmax(rows_a)),
-                      "first_coordinate_" + cfg.lang_b: int(np.argmax(rows_b)), "dimension": layout.size},
+        "bilingual_effect": bilingual_effect(rows, names[0], names, list(cfg.methods)),
         "config": cfg.to_dict(),
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
-    return record, display, layout, clf_params
+    return record, display, layout
 
 
-def _log_every(forward_passes: int, children: int) -> int:
-    """About four logged points (each costs a full evaluation of the best members)."""
-    quarter = forward_passes // 4
-    return quarter if quarter > 0 and quarter % children == 0 and forward_passes % quarter == 0 else forward_passes
+METRICS = ("accuracy_japanese", "similarity_japanese", "accuracy_english", "similarity_english",
+           "consistency", "both_correct", "fid_japanese", "fid_english", "fitness")
+
+
+def _summarise(per_run: list[dict]) -> dict:
+    """Means over runs, and standard errors when there are two or more runs."""
+    out = {"per_run": per_run}
+    for k in per_run[0]:
+        mean, sem = mean_and_sem(np.asarray([[r[k]] for r in per_run]))
+        out[k] = float(mean[0])
+        if len(per_run) > 1:
+            out[k + "_sem"] = float(sem[0])
+    return out
+
+
+def bilingual_effect(rows: dict, ja_seed: str, seed_names, merges) -> dict:
+    """Per merge: the issue's three checks against the Japanese seed and every seed (own encoders)."""
+    ja = rows[ja_seed]
+    out = {}
+    for name in merges:
+        row = rows[name]
+        checks = {}
+        for metric in ("accuracy", "similarity"):
+            en, jp = f"{metric}_english", f"{metric}_japanese"
+            checks[f"english_{metric}_minus_ja_seed"] = row[en] - ja[en]
+            checks[f"japanese_{metric}_minus_ja_seed"] = row[jp] - ja[jp]
+        best_seed = max(rows[n]["consistency"] for n in seed_names)
+        checks["consistency_minus_best_seed"] = row["consistency"] - best_seed
+        checks["both_correct_minus_best_seed"] = row["both_correct"] - max(rows[n]["both_correct"] for n in seed_names)
+        checks["english_better"] = bool(checks["english_accuracy_minus_ja_seed"] > 0
+                                        and checks["english_similarity_minus_ja_seed"] > 0)
+        checks["japanese_kept"] = bool(checks["japanese_accuracy_minus_ja_seed"] >= 0
+                                       and checks["japanese_similarity_minus_ja_seed"] >= 0)
+        checks["consistency_above_every_seed"] = bool(checks["consistency_minus_best_seed"] > 0)
+        out[name] = checks
+    return out
 
 
 def _fmt(row: dict) -> str:
-    return (f"acc A {row['accuracy_A']:.3f}, acc B {row['accuracy_B']:.3f}, "
-            f"fitness {row['fitness_score']:.3f}")
+    return (f"JA acc {row['accuracy_japanese']:.3f} sim {row['similarity_japanese']:.3f} | "
+            f"EN acc {row['accuracy_english']:.3f} sim {row['similarity_english']:.3f} | "
+            f"consistency {row['consistency']:.3f} both {row['both_correct']:.3f} | FID JA {row['fid_japanese']:.2f} | fitness {row['fitness']:.3f}")

@@ -6,57 +6,62 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import prompts as pr
-from .model import ModelConfig, fixed_noise, sample_prompts, to_raw
+from .model import ModelConfig, fixed_noise, sample, to_raw
 
 GRID_TEMPLATE = 1  # "suuji no {}" / "digit {}": one prompt per class and language
+COLUMNS = [("accuracy_japanese", 3), ("similarity_japanese", 3), ("accuracy_english", 3), ("similarity_english", 3),
+           ("consistency", 3), ("both_correct", 3), ("fid_japanese", 2), ("fid_english", 2), ("fitness", 3)]
+
+
+def _cell(row: dict, key: str, digits: int) -> str:
+    if key not in row:
+        return ""
+    sem = row.get(key + "_sem")
+    return f"{row[key]:.{digits}f} ± {sem:.{digits}f}" if sem is not None else f"{row[key]:.{digits}f}"
 
 
 def table_markdown(record: dict, command: str) -> str:
-    """Per-method accuracies for language-A and language-B prompts, as Markdown."""
-    langs = record["languages"]
+    """Every model's Japanese and English quality, consistency and FID, as Markdown."""
+    cfg = record["config"]
     lines = [
-        f"# Diffusion merge: {langs['A']} (A, fitness) and {langs['B']} (B, never in the fitness)",
-        "",
-        f"Regenerate: `{command}`",
-        "",
-        f"Judge: {record['classifier']['model']}, test accuracy {record['classifier']['test_accuracy']:.3f}. "
-        f"Accuracy = share of generated images the judge assigns to the prompt's class, over "
-        f"{record['reports']['A']['prompts']} prompts x {record['reports']['A']['samples_per_prompt']} "
-        "held-out noise samples per language. Fitness = mean judge probability on the language-A prompts "
-        f"with {record['fitness']['samples_per_prompt']} fixed noise samples each. Merges: mean ± standard "
-        f"error over runs (best member by fitness, {record['config']['forward_passes']} forward passes, no mutation).",
-        "",
-        "| model | kind | accuracy A (" + langs["A"] + ") | accuracy B (" + langs["B"] + ") | fitness (A, prob.) "
-        "| accuracy B, " + langs["B"] + " word rows of " + record["rows"]["oracle-split"]["models"][0] + " put back |",
-        "|---|---|---|---|---|---|",
+        "# Diffusion merge: Japanese encoder fixed, four denoisers merged, Japanese-only fitness", "",
+        f"Regenerate: `{command}`", "",
+        f"Judge: {record['judge']['model']}, test accuracy {record['judge']['test_accuracy']:.3f}. "
+        f"Accuracy = share of generated images whose judge class is the caption's; similarity = normalised "
+        f"judge-feature similarity to the captioned real image; both on {record['tests']['images']} "
+        f"({record['tests']['datapoints_per_language']} captions per language, held-out noise). Consistency = "
+        "similarity of the images drawn from a Japanese caption and its English translation (same noise); both "
+        "correct = share of such pairs whose two images the judge both assigns to the caption's class. "
+        "FID in the judge's feature space against the real test images (lower is better). Fitness = mean "
+        f"Japanese training similarity ({record['fitness']['images']}). Merges: mean ± standard error over "
+        f"{cfg['runs']} runs of {cfg['forward_passes']} forward passes (best member by training score); "
+        f"CMA-ES: {cfg['cma_runs']} run(s) of {cfg['forward_passes']} evaluations.", "",
+        "| model | kind | encoder | JA accuracy | JA similarity | EN accuracy | EN similarity | consistency "
+        "| both correct | FID JA | FID EN | fitness (JA train) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in record["rows"].items():
-        def cell(k):
-            if k not in row:
-                return ""
-            sem = row.get(k + "_sem")
-            return f"{row[k]:.3f} ± {sem:.3f}" if sem is not None else f"{row[k]:.3f}"
         label = name
         if name == "slerp-best":
             label = f"slerp-best ({row['models'][0]}→{row['models'][1]}, t={row['ratio']:.2f})"
-        lines.append(f"| {label} | {row['kind']} | {cell('accuracy_A')} | {cell('accuracy_B')} | "
-                     f"{cell('fitness_score')} | {cell('accuracy_B_with_B_rows')} |")
+        cells = " | ".join(_cell(row, k, d) for k, d in COLUMNS)
+        lines.append(f"| {label} | {row['kind']} | {row['encoder']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
-def grid_images(model_config: ModelConfig, layout, vectors: dict, lang_a: str, lang_b: str, key):
-    """(row names, column labels, images [rows, 20, 8, 8] raw scale): one sample per prompt."""
-    texts, tokens, classes = [], [], []
-    for lang in (lang_a, lang_b):
-        t, ids, c = pr.prompts(lang, templates=[GRID_TEMPLATE])
+def grid_images(model_config: ModelConfig, layout, display: dict, key):
+    """(row names, column labels, images [rows, 20, 8, 8] raw scale): one sample per prompt, same noise."""
+    texts, tokens = [], []
+    for lang in ("japanese", "english"):
+        t, ids, _ = pr.prompts(lang, templates=[GRID_TEMPLATE])
         texts += t
         tokens.append(ids)
-        classes.append(c)
     tokens = jnp.asarray(np.concatenate(tokens))
-    noise = jnp.broadcast_to(fixed_noise(key, 1, 1)[:, :1], (tokens.shape[0], 1, 64))
-    draw = jax.jit(lambda x: to_raw(sample_prompts(model_config, layout.unravel(x), tokens, noise))[:, 0])
-    images = np.stack([np.asarray(draw(v)) for v in vectors.values()])
-    return list(vectors), texts, images.reshape(len(vectors), len(texts), 8, 8)
+    noise = jnp.broadcast_to(fixed_noise(key, 1, 1), (tokens.shape[0], 1, 64))
+    draw = jax.jit(lambda enc, x: to_raw(sample(model_config, {"encoder": enc, "denoiser": layout.unravel(x)},
+                                                 tokens, noise))[:, 0])
+    images = np.stack([np.asarray(draw(enc, x)) for enc, x in display.values()])
+    return list(display), texts, images.reshape(len(display), len(texts), 8, 8)
 
 
 def save_grid(path: str, names, texts, images, title: str) -> None:

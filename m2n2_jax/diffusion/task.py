@@ -1,81 +1,101 @@
-"""Scores of a generator on prompts, and the M2N2 task built from them.
+"""Datapoints, scores and metrics of the denoiser merge.
 
-A :class:`PromptSet` fixes prompts, their classes and the noise of S samples
-per prompt, so scoring a generator is a deterministic function of its
-parameters. The per-datapoint score of prompt m and sample s is the fixed
-classifier's probability of class m for the image generated from that noise.
-The task's score function works on flat parameter vectors (the engine's
-representation), so any archive that can materialise a vector can use it.
+A datapoint is a (caption, real image) pair, as STAIR/COCO pairs are in the
+paper: the caption names the real image's class in one language (template
+cycling), and one noise sample fixes the generation. Its score is the
+normalised similarity, in the judge's feature space, of the generated and
+the real image (continuous, in [0, 1]).
+
+The merge works on the flat vector of the *denoiser* only; the encoder is
+fixed (the Japanese seed's), so ``full_params(x)`` puts it back unchanged.
 """
 from __future__ import annotations
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..errors import ConfigError
 from ..flatten import VectorLayout
-from ..tasks.base import Task
 from . import classifier as clf
 from . import prompts as pr
-from .model import ModelConfig, fixed_noise, sample_prompts, to_raw
+from .model import ModelConfig, fixed_noise, sample, to_raw
 
 
 @flax.struct.dataclass
-class PromptSet:
-    """tokens [M, T], classes [M], noise [M, S, 64]: M prompts, S samples each."""
+class PairSet:
+    """tokens [M, T], classes [M], noise [M, S, 64], ref_features [M, F]: M captioned images, S samples."""
 
     tokens: jax.Array
     classes: jax.Array
     noise: jax.Array
+    ref_features: jax.Array
 
     @property
     def num_datapoints(self) -> int:
         return self.noise.shape[0] * self.noise.shape[1]
 
 
-def prompt_set(lang: str, key, samples: int, templates=None) -> PromptSet:
-    """All prompts of a language (or chosen templates) with noise drawn from ``key``."""
-    if samples < 1:
-        raise ConfigError(f"need at least one sample per prompt (got {samples}).")
-    _, tokens, classes = pr.prompts(lang, templates)
-    return PromptSet(jnp.asarray(tokens), jnp.asarray(classes), fixed_noise(key, len(classes), samples))
+def captions(lang: str, classes) -> tuple[list[str], np.ndarray]:
+    """(texts, token ids [M, T]): image m gets template m mod (templates) of its class."""
+    language = pr.language(lang)
+    texts = [language.templates[m % len(language.templates)].format(language.words[int(c)])
+             for m, c in enumerate(classes)]
+    return texts, np.stack([pr.tokenize(t) for t in texts])
 
 
-def generate(model_config: ModelConfig, params, prompts: PromptSet):
-    """Raw-scale images [M, S, 64] of a generator for a prompt set."""
-    return to_raw(sample_prompts(model_config, params, prompts.tokens, prompts.noise))
+def pair_set(lang: str, judge_params, raw_images, classes, key, samples: int = 1) -> PairSet:
+    """Captions in ``lang`` for real images [M, 64] (raw 0..16) of ``classes`` [M], noise from ``key``."""
+    if samples < 1 or len(raw_images) != len(classes) or len(classes) == 0:
+        raise ConfigError(f"need >= 1 sample and one class per image (got {samples}, {len(raw_images)} images, "
+                          f"{len(classes)} classes).")
+    _, tokens = captions(lang, classes)
+    return PairSet(jnp.asarray(tokens), jnp.asarray(classes, jnp.int32),
+                   fixed_noise(key, len(classes), samples),
+                   clf.features(judge_params, jnp.asarray(raw_images, jnp.float32)))
 
 
-def prompt_scores(model_config: ModelConfig, clf_params, params, prompts: PromptSet):
-    """Per-datapoint scores [M * S]: classifier probability of each prompt's class."""
-    images = generate(model_config, params, prompts)
-    return clf.class_probability(clf_params, images, prompts.classes[:, None]).reshape(-1)
+def generate(config: ModelConfig, params, pairs: PairSet):
+    """Raw-scale images [M, S, 64] of a full model for a pair set."""
+    return to_raw(sample(config, params, pairs.tokens, pairs.noise))
 
 
-def prompt_accuracy(model_config: ModelConfig, clf_params, params, prompts: PromptSet):
-    """Fraction of generated images the classifier assigns to their prompt's class."""
-    images = generate(model_config, params, prompts)
-    return jnp.mean(clf.is_correct(clf_params, images, prompts.classes[:, None]))
+def pair_scores(config: ModelConfig, judge_params, params, pairs: PairSet):
+    """Per-datapoint normalised similarity [M * S] of generated and real images."""
+    feats = clf.features(judge_params, generate(config, params, pairs))
+    return clf.similarity(feats, pairs.ref_features[:, None, :]).reshape(-1)
 
 
-def merge_task(model_config: ModelConfig, clf_params, layout: VectorLayout, fitness: PromptSet,
-               reports: dict[str, PromptSet], seed_vectors, name: str = "diffusion-merge") -> Task:
-    """An M2N2 Task: score on ``fitness`` prompts; metrics = accuracy on each report set."""
+def evaluate(config: ModelConfig, judge_params, params, pairs: PairSet) -> dict:
+    """Judge accuracy of the caption's class, mean similarity, and the features [M*S, F] (for FID)."""
+    images = generate(config, params, pairs)
+    feats = clf.features(judge_params, images)
+    return {"accuracy": jnp.mean(clf.is_correct(judge_params, images, pairs.classes[:, None])),
+            "similarity": jnp.mean(clf.similarity(feats, pairs.ref_features[:, None, :])),
+            "features": feats.reshape(-1, feats.shape[-1]), "images": images}
 
-    def score_vector(x):
-        return prompt_scores(model_config, clf_params, layout.unravel(x), fitness)
 
-    def metrics(x):
-        params = layout.unravel(x)
-        out = {f"accuracy_{k}": prompt_accuracy(model_config, clf_params, params, v) for k, v in reports.items()}
-        out["fitness_accuracy"] = prompt_accuracy(model_config, clf_params, params, fitness)
-        return out
+def consistency(config: ModelConfig, judge_params, params, pairs_a: PairSet, pairs_b: PairSet) -> dict:
+    """Cross-lingual consistency of caption pairs (same image, same noise, two languages).
 
-    def random_seed(key):
-        raise ConfigError("the diffusion merge task starts from pre-trained seed models only.")
+    "consistency": mean similarity of the two images (the paper's measure; it
+    is also high for two equally blurred images); "both_correct": share of
+    pairs whose two images the judge both assigns to the caption's class.
+    """
+    ia = generate(config, params, pairs_a)
+    ib = generate(config, params, pairs_b.replace(noise=pairs_a.noise))
+    sim = clf.similarity(clf.features(judge_params, ia), clf.features(judge_params, ib))
+    both = clf.is_correct(judge_params, ia, pairs_a.classes[:, None]) * clf.is_correct(
+        judge_params, ib, pairs_b.classes[:, None])
+    return {"consistency": jnp.mean(sim), "both_correct": jnp.mean(both)}
 
-    seeds = jnp.asarray(seed_vectors)
-    return Task(name=name, layout=layout, num_datapoints=fitness.num_datapoints,
-                score_vector=score_vector, metrics=metrics, random_seed=random_seed,
-                pretrained_seeds=lambda: seeds, info={"num_params": layout.size})
+
+def full_params(layout: VectorLayout, encoder, x):
+    """The whole model: the fixed ``encoder`` and the denoiser of flat vector x."""
+    return {"encoder": encoder, "denoiser": layout.unravel(x)}
+
+
+def attention_group(path: str) -> int:
+    """0 for parameters of a cross-attention layer, 1 for the rest of the denoiser."""
+    return 0 if "cross_attn" in path else 1

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 
@@ -21,6 +21,8 @@ class Task:
     pretrained_seeds() -> [K, D] or None when the task has none.
     train_labels: [N] class labels of the training points (classification
         tasks; MAP-Elites derives its descriptors from them), else None.
+    groups: optional :class:`groups.GroupSpec` of the flat vector; crossover
+        then draws one split point and ratio per group.
     headline_metric: the metric that result files, tables and plots lead
         with ("test_accuracy" for the built-in classifiers).
     """
@@ -36,6 +38,7 @@ class Task:
     train_labels: jax.Array | None = None
     info: dict = dataclasses.field(default_factory=dict)
     headline_metric: str = "test_accuracy"
+    groups: Any = None
 
     @property
     def num_params(self) -> int:
