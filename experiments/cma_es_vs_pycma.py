@@ -14,7 +14,8 @@ population, the best so far, and the seconds taken.
 
 Each --impl holds 19,210^2 matrices (about 3 GB per copy in pycma's float64, 1.5 GB in
 evosax's float32; peaks near 12 GB): run them one after another. Needs ``pip install cma``
-(the ``experiments`` extra).
+(the ``experiments`` extra pins cma 4.0.0, the authors' version: later pycma (4.5.0 checked) switches
+to two-point step-size adaptation (TPA) at 300 dimensions and more, where 4.0.0 kept CSA).
 """
 from __future__ import annotations
 
@@ -128,7 +129,9 @@ def run_pycma(task, seed: int, generations: int, shared: bool) -> dict:
         randn = np.random.randn
     es = cma.CMAEvolutionStrategy(x0, 0.01, {"popsize": 20, "seed": seed, "randn": randn, "verbose": -9})
     rec = {"impl": "pycma-shared" if shared else "pycma", "seed": seed, "cma_version": cma.__version__,
-           "constants": {"cs": es.adapt_sigma.cs, "damps": es.adapt_sigma.damps, "cc": es.sp.cc, "c1": es.sp.c1,
+           "sigma_adaptation": type(es.adapt_sigma).__name__,
+           "constants": {"cs": getattr(es.adapt_sigma, "cs", None), "damps": getattr(es.adapt_sigma, "damps", None),
+                         "cc": es.sp.cc, "c1": es.sp.c1,
                          "cmu": es.sp.cmu, "mueff": float(es.sp.weights.mueff), "chiN": float(es.const.chiN),
                          "weights": np.asarray(es.sp.weights).tolist(), "cmean": es.sp.cmean,
                          "lazy_update_gap": float(es.sm.lazy_update_gap),
