@@ -10,6 +10,10 @@ population, the best so far, and the seconds taken.
   --impl pycma           pycma with the authors' options (popsize 20, seed, numpy randn)
   --impl pycma-shared    pycma fed, through its ``randn`` option, the very normal draws the
                          evosax run makes (threefry), so the two can be compared sample by sample
+  --impl pycma-shared-diag   the same with pycma's covariance frozen at I ('CMA_on': 0, diagonal sampler,
+                         CSA as 4.0.0 uses at full covariance): until the first eigendecomposition (about
+                         188 generations here) full pycma samples, moves its mean and adapts sigma exactly
+                         so, at O(D) memory instead of 12 GB
   --summarise            write summary.md and paths.png from the JSON files in --out
 
 Each --impl holds 19,210^2 matrices (about 3 GB per copy in pycma's float64, 1.5 GB in
@@ -107,7 +111,7 @@ def _row(g, sigma, mean, start, accuracy, best_so_far, seconds):
             "accuracies": [round(float(a), 6) for a in accuracy]}
 
 
-def run_pycma(task, seed: int, generations: int, shared: bool) -> dict:
+def run_pycma(task, seed: int, generations: int, shared: bool, frozen: bool = False) -> dict:
     import cma
     import jax.numpy as jnp
 
@@ -127,15 +131,12 @@ def run_pycma(task, seed: int, generations: int, shared: bool) -> dict:
             return np.random.randn(*shape)
     else:
         randn = np.random.randn
-    es = cma.CMAEvolutionStrategy(x0, 0.01, {"popsize": 20, "seed": seed, "randn": randn, "verbose": -9})
-    rec = {"impl": "pycma-shared" if shared else "pycma", "seed": seed, "cma_version": cma.__version__,
-           "sigma_adaptation": type(es.adapt_sigma).__name__,
-           "constants": {"cs": getattr(es.adapt_sigma, "cs", None), "damps": getattr(es.adapt_sigma, "damps", None),
-                         "cc": es.sp.cc, "c1": es.sp.c1,
-                         "cmu": es.sp.cmu, "mueff": float(es.sp.weights.mueff), "chiN": float(es.const.chiN),
-                         "weights": np.asarray(es.sp.weights).tolist(), "cmean": es.sp.cmean,
-                         "lazy_update_gap": float(es.sm.lazy_update_gap),
-                         "CMA_active": bool(es.opts["CMA_active"])}}
+    opts = {"popsize": 20, "seed": seed, "randn": randn, "verbose": -9}
+    if frozen:
+        opts.update({"CMA_on": 0, "CMA_diagonal": True, "AdaptSigma": cma.sigma_adaptation.CMAAdaptSigmaCSA})
+    es = cma.CMAEvolutionStrategy(x0, 0.01, opts)
+    rec = {"impl": ("pycma-shared-diag" if frozen else "pycma-shared") if shared else "pycma",
+           "seed": seed, "cma_version": cma.__version__}
     best = -np.inf
     rows = []
     for g in range(generations):
@@ -150,13 +151,19 @@ def run_pycma(task, seed: int, generations: int, shared: bool) -> dict:
         np.save(_mean_path(seed, rec["impl"], g), es.mean.astype(np.float32)) if os.environ.get("KEEP_MEANS") else None
     rec["rows"] = rows
     rec["randn_calls"] = calls
-    rec["eigendecompositions"] = int(es.sm.count_eigen)
+    rec["sigma_adaptation"] = type(es.adapt_sigma).__name__  # constants read after the run: CSA sets cs lazily
+    rec["constants"] = {"cs": getattr(es.adapt_sigma, "cs", None), "damps": getattr(es.adapt_sigma, "damps", None),
+                        "cc": es.sp.cc, "c1": es.sp.c1, "cmu": es.sp.cmu, "mueff": float(es.sp.weights.mueff),
+                        "chiN": float(es.const.chiN), "weights": np.asarray(es.sp.weights).tolist(),
+                        "cmean": es.sp.cmean, "lazy_update_gap": float(getattr(es.sm, "lazy_update_gap", "nan")),
+                        "CMA_active": bool(es.opts["CMA_active"])}
+    rec["eigendecompositions"] = int(getattr(es.sm, "count_eigen", 0))
     return rec
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--impl", choices=("evosax", "pycma", "pycma-shared"))
+    ap.add_argument("--impl", choices=("evosax", "pycma", "pycma-shared", "pycma-shared-diag"))
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--generations", type=int, default=25)
     ap.add_argument("--out", default="docs/results/digits-baselines-from-scratch/cma-es-vs-pycma")
@@ -175,7 +182,8 @@ def main():
     if args.impl == "evosax":
         rec = run_evosax(task, args.seed, args.generations)
     else:
-        rec = run_pycma(task, args.seed, args.generations, shared=args.impl == "pycma-shared")
+        rec = run_pycma(task, args.seed, args.generations, shared=args.impl.startswith("pycma-shared"),
+                        frozen=args.impl == "pycma-shared-diag")
     import platform
 
     import jax
@@ -185,7 +193,7 @@ def main():
                command=f"python experiments/cma_es_vs_pycma.py --impl {args.impl} --seed {args.seed} "
                        f"--generations {args.generations}")
     with open(os.path.join(args.out, f"{args.impl}_seed{args.seed}.json"), "w") as f:
-        json.dump(rec, f, indent=1)
+        json.dump(rec, f, indent=1, default=lambda v: np.asarray(v).tolist())
 
 
 if __name__ == "__main__":

@@ -22,21 +22,21 @@ def _load(out):
     return runs
 
 
-def _mean_distances(out, seed, generations):
+def _mean_distances(out, seed, generations, shared="pycma-shared"):
     keep = os.environ.get("KEEP_MEANS")
     path = os.path.join(out, "shared_noise_means.json")
     if keep:
         rows = []
         for g in range(generations):
             a = os.path.join(keep, f"evosax_seed{seed}_gen{g}.npy")
-            b = os.path.join(keep, f"pycma-shared_seed{seed}_gen{g}.npy")
+            b = os.path.join(keep, f"{shared}_seed{seed}_gen{g}.npy")
             if not (os.path.exists(a) and os.path.exists(b)):
                 break
             ma, mb = np.load(a).astype(np.float64), np.load(b).astype(np.float64)
             rows.append({"generation": g + 1, "mean_distance": float(np.linalg.norm(ma - mb)),
                          "max_abs_coordinate_difference": float(np.max(np.abs(ma - mb)))})
         with open(path, "w") as f:
-            json.dump({"seed": seed, "rows": rows}, f, indent=1)
+            json.dump({"seed": seed, "against": shared, "rows": rows}, f, indent=1)
     if os.path.exists(path):
         with open(path) as f:
             return {r["generation"]: r for r in json.load(f)["rows"]}
@@ -53,7 +53,7 @@ def summarise(out: str) -> None:
              "commands in each JSON file. `pycma-shared`: pycma fed the evosax run's threefry "
              "normal draws through its `randn` option.", ""]
     ev = next((r for (i, _), r in runs.items() if i == "evosax"), None)
-    py = next((r for (i, _), r in runs.items() if i.startswith("pycma")), None)
+    py = next((r for (i, _), r in runs.items() if i.startswith("pycma") and "constants" in r), None)
     if ev and py:
         e, p = ev["constants"], py["constants"]
         we, wp = np.asarray(e["weights"]), np.asarray(p["weights"])
@@ -69,28 +69,34 @@ def summarise(out: str) -> None:
                   f"| positive weights (max abs difference) | {np.max(np.abs(we[we > 0] - wp[wp > 0])):.2g} | |",
                   f"| negative weights (sum) | {we[we < 0].sum():.4g} | {wp[wp < 0].sum():.4g} |",
                   f"| generations between eigendecompositions | {ev['eigen_every']} | "
-                  f"{p['lazy_update_gap']:.1f} |", ""]
+                  f"{p['lazy_update_gap']:.1f} |", "",
+                  f"pycma constants from the `{py['impl']}` run (with the covariance frozen, its c_1, c_mu and "
+                  "negative weights are 0 and it never decomposes; full pycma uses the same lazy-gap rule as evosax).", ""]
     for seed in seeds:
         rs = {i: runs[(i, s)] for (i, s) in runs if s == seed}
-        impls = [i for i in ("evosax", "pycma-shared", "pycma") if i in rs]
-        dist = _mean_distances(out, seed, max(len(r["rows"]) for r in rs.values()))
+        impls = [i for i in ("evosax", "pycma-shared", "pycma-shared-diag", "pycma") if i in rs]
+        shared = next((i for i in ("pycma-shared", "pycma-shared-diag") if i in rs), None)
+        dist = _mean_distances(out, seed, max(len(r["rows"]) for r in rs.values()), shared or "pycma-shared")
         lines += [f"## Seed {seed}: per generation", "",
                   "sigma, |mean - start| and the best training accuracy of the generation; "
-                  "`same accuracies`: the 20 accuracies of evosax and shared-noise pycma are equal "
-                  "as a list; `mean gap`: |m_evosax - m_pycma-shared|.", ""]
+                  f"`same accuracies`: the 20 accuracies of evosax and {shared} are equal "
+                  f"as a list; `mean gap`: |m_evosax - m_{shared}|.", ""]
         head = "| gen | " + " | ".join(f"sigma {i}" for i in impls) + " | " + \
                " | ".join(f"shift {i}" for i in impls) + " | " + " | ".join(f"best {i}" for i in impls)
-        extra = " | same accuracies | mean gap |" if "pycma-shared" in rs and "evosax" in rs else " |"
+        extra = " | same accuracies | mean gap |" if shared and "evosax" in rs else " |"
         lines += [head + extra, "|" + "---:|" * (1 + 3 * len(impls) + (2 if extra != " |" else 0))]
-        n = min(len(r["rows"]) for r in rs.values())
+        n = max(len(r["rows"]) for r in rs.values())
         for g in range(n):
-            row = {i: rs[i]["rows"][g] for i in impls}
-            cells = [f"{row[i]['sigma']:.7f}" for i in impls] + [f"{row[i]['mean_shift']:.5f}" for i in impls] + \
-                    [f"{row[i]['best_accuracy']:.4f}" for i in impls]
-            if extra != " |":
-                same = row["evosax"]["accuracies"] == row["pycma-shared"]["accuracies"]
+            row = {i: rs[i]["rows"][g] if g < len(rs[i]["rows"]) else None for i in impls}
+            cell = lambda i, k, f: "-" if row[i] is None else format(row[i][k], f)
+            cells = [cell(i, "sigma", ".7f") for i in impls] + [cell(i, "mean_shift", ".5f") for i in impls] + \
+                    [cell(i, "best_accuracy", ".4f") for i in impls]
+            if extra != " |" and row["evosax"] is not None and row[shared] is not None:
+                same = row["evosax"]["accuracies"] == row[shared]["accuracies"]
                 gap = dist.get(g + 1, {}).get("mean_distance")
                 cells += ["yes" if same else "no", "-" if gap is None else f"{gap:.2e}"]
+            elif extra != " |":
+                cells += ["-", "-"]
             lines.append(f"| {g + 1} | " + " | ".join(cells) + " |")
         secs = {i: np.median([r["seconds"] for r in rs[i]["rows"][1:]]) for i in impls}
         lines += ["", "Median seconds per generation (after the first): " +
@@ -110,7 +116,7 @@ def _plot(out, runs):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for (impl, seed), rec in sorted(runs.items()):
         g = [r["generation"] for r in rec["rows"]]
-        style = {"evosax": "-", "pycma-shared": "--", "pycma": ":"}[impl]
+        style = {"evosax": "-", "pycma-shared": "--", "pycma-shared-diag": "-.", "pycma": ":"}[impl]
         for ax, key in zip(axes, ("sigma", "mean_shift", "best_accuracy")):
             ax.plot(g, [r[key] for r in rec["rows"]], style, label=f"{impl} seed {seed}")
     for ax, title in zip(axes, ("step size sigma", "|mean - start|", "best training accuracy of the generation")):
