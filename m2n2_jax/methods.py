@@ -52,8 +52,8 @@ def run_method(method: str, task: Task, seeds: Sequence[int], forward_passes: in
                identity_extra=None, **overrides) -> BaselineResult:
     """Run ``method`` for R = len(seeds) runs of ``forward_passes`` each.
 
-    overrides: M2N2 config fields (alpha, mutation_std, archive_size);
-    mutation_std also applies to MAP-Elites. Merging pre-trained models
+    overrides: M2N2 config fields (alpha, mutation_std, archive_size, noise);
+    mutation_std, noise and key_order also apply to MAP-Elites. Merging pre-trained models
     defaults to no mutation, as in the paper.
     """
     check_method(method, init)
@@ -71,7 +71,7 @@ def run_method(method: str, task: Task, seeds: Sequence[int], forward_passes: in
                      checkpoint_seconds=checkpoint_seconds, resume=resume, identity_extra=identity_extra)
         return BaselineResult(method, res.seeds, res.forward_passes, res.metrics, res.wall_seconds,
                               config.to_dict(), res.best_vectors(), extra={"execution": res.execution})
-    extra_ok = {"map-elites": {"mutation_std"}}.get(method, set())
+    extra_ok = {"map-elites": {"mutation_std", "noise"}}.get(method, set())
     if set(overrides) - extra_ok or (batch != 1 and method != "brute-force"):
         bad = sorted(set(overrides) - extra_ok) + (["batch"] if batch != 1 else [])
         raise ConfigError(f"{method} does not take {', '.join(bad)}; those options are for the M2N2 family.")
@@ -91,7 +91,8 @@ def run_method(method: str, task: Task, seeds: Sequence[int], forward_passes: in
 
         return run_map_elites(task, seeds, forward_passes, mutation_std=overrides.get("mutation_std", 0.01),
                               seed_models=seed_models, log_every=log_every, eval_batch_size=eval_batch_size,
-                              progress=progress, checkpointing=checkpointing, identity_extra=identity_extra)
+                              progress=progress, checkpointing=checkpointing, identity_extra=identity_extra,
+                              key_order=key_order, noise=overrides.get("noise", "threefry"))
     if checkpointing.directory:
         raise ConfigError(f"{method} does not checkpoint (it is one quick sweep); pass --no-checkpoint.")
     from .baselines.brute_force import run_brute_force

@@ -1,12 +1,22 @@
 """MAP-Elites baseline: a 10 x 10 grid of elites over (odd-digit, even-digit) accuracy.
 
+Follows the authors' procedure (SakanaAI/natural_niches, map_elites_fn.py).
 Each cell keeps the model with the highest quality (training accuracy) among
 the children whose descriptor falls in it. The descriptor of a model is its
 training accuracy on the odd digits and on the even digits; an accuracy a
-goes to bin min(floor(a * bins), bins - 1), so a = 1.0 lands in the last cell.
-A child is made as M2N2 makes one (SLERP crossover at a random split point,
-then Gaussian mutation, none when merging pre-trained models) from two parents
-drawn from the occupied cells with probability proportional to quality.
+goes to bin min(floor(a * bins), bins - 1), so a = 1.0 lands in the last cell
+(the authors' floor(10 a) = 10 falls off their grid and the child is lost).
+Two parents are drawn from the occupied cells with probability proportional
+to quality: with replacement while the qualities sum to less than 2, without
+replacement from then on (so a child then has two distinct parents). The child
+is made as M2N2 makes one: SLERP crossover of the first parent towards the
+second at a random split point, then N(0, std^2) mutation (jax.random.normal
+unless ``noise="hash"``; none when merging pre-trained models).
+
+Key orders: "engine" splits each run's key into (next, child key) and the
+child key into three (parents, crossover, mutation); "reference" splits it
+into four as the authors' loop does (k1, k2, k3, next), which with B = 1
+reproduces their curve child for child (tests/test_map_elites_reference.py).
 """
 from __future__ import annotations
 
@@ -68,10 +78,20 @@ def empty_grid(num_params: int, key, bins: int = BINS, dtype=jnp.float32) -> Gri
                      occupied=jnp.zeros((cells,), bool), key=key, inserted=jnp.zeros((), jnp.int32))
 
 
+def quality_of(desc, labels) -> jax.Array:
+    """Training accuracy from the descriptor, as the authors compute it (odd and even accuracies
+    weighted by their counts), so that ties between elites are decided on the same float32 values."""
+    odd = (labels % 2) == 1
+    n_odd = jnp.sum(odd).astype(jnp.float32)
+    n_even = jnp.sum(~odd).astype(jnp.float32)
+    return (desc[0] * n_odd + desc[1] * n_even) / (n_odd + n_even)
+
+
 def insert(state: GridState, child, scores, labels, bins: int = BINS) -> GridState:
     """Put a child with per-point scores [N] in its cell if the cell is empty or it beats the elite."""
-    quality = jnp.mean(scores)
-    cell = cell_index(descriptor(scores, labels), bins)
+    desc = descriptor(scores, labels)
+    quality = quality_of(desc, labels)
+    cell = cell_index(desc, bins)
     better = (~state.occupied[cell]) | (quality > state.quality[cell])
     return state.replace(
         params=state.params.at[cell].set(jnp.where(better, child, state.params[cell])),
@@ -80,21 +100,49 @@ def insert(state: GridState, child, scores, labels, bins: int = BINS) -> GridSta
         inserted=state.inserted + better.astype(jnp.int32))
 
 
-def select_parents(key, state: GridState):
-    """Two occupied cells drawn independently with probability proportional to quality."""
-    weight = jnp.where(state.occupied, state.quality, 0.0)
-    uniform = state.occupied.astype(jnp.float32)
-    p = jnp.where(jnp.sum(weight) > 0, weight, uniform)
-    return jax.random.choice(key, p.shape[0], (2,), p=p / jnp.sum(p))
+def select_parents(key, state: GridState) -> jax.Array:
+    """Cells [2] of the two parents, drawn from the occupied cells with probability proportional to
+    quality; with replacement while the qualities sum to less than 2, without from then on.
+
+    The draw is the one ``jax.random.choice(key, n, (2,), p, replace)`` makes over the n occupied
+    cells in row-major order (the authors' call), written for a fixed grid size so it jits:
+    inverse-CDF sampling with replacement, Gumbel top-2 without (a threefry draw of shape (C,)
+    begins with the draw of shape (n,)). All qualities zero: uniform over the occupied cells.
+    """
+    cells = state.occupied.shape[0]
+    order = jnp.argsort(~state.occupied, stable=True)  # occupied cells first, row-major
+    n = jnp.sum(state.occupied)
+    live = jnp.arange(cells) < n
+    quality = jnp.where(live, state.quality[order], 0.0)
+    total = jnp.sum(quality)
+    weight = jnp.where(total > 0, quality, live.astype(jnp.float32))
+    p = weight / jnp.sum(weight)
+    cdf = jnp.cumsum(p)
+    r = cdf[n - 1] * (1 - jax.random.uniform(key, (2,), p.dtype))
+    with_replacement = jnp.minimum(jnp.searchsorted(cdf, r), n - 1)
+    gumbel = jax.random.gumbel(key, (cells,), p.dtype) + jnp.log(p)
+    without = jax.lax.top_k(jnp.where(live, gumbel, -jnp.inf), 2)[1]
+    return order[jnp.where(total < 2, with_replacement, without)]
 
 
-def make_child(state: GridState, key, mutation_std: float, use_split_point: bool = True):
-    k_parents, k_cross, k_mut = jax.random.split(key, 3)
-    a, b = select_parents(k_parents, state)
-    child = xo.crossover(k_cross, state.params[a], state.params[b], use_split_point)
+def make_child(state: GridState, keys, mutation_std: float, use_split_point: bool = True,
+               noise: str = "threefry") -> jax.Array:
+    """One child from keys [3] (parents, crossover, mutation): SLERP of the first parent towards
+    the second at a random split point, then N(0, mutation_std^2) noise."""
+    a, b = select_parents(keys[0], state)
+    child = xo.crossover(keys[1], state.params[a], state.params[b], use_split_point)
     if mutation_std > 0:
-        child = xo.mutate(k_mut, child, mutation_std, "hash")
+        child = xo.mutate(keys[2], child, mutation_std, noise)
     return child
+
+
+def child_keys(key, key_order: str = "engine"):
+    """(next key, keys [3] for parents, crossover and mutation) of one run and step."""
+    if key_order == "reference":
+        k_parents, k_cross, k_mut, key = jax.random.split(key, 4)
+        return key, jnp.stack([k_parents, k_cross, k_mut])
+    key, sub = jax.random.split(key)
+    return key, jax.random.split(sub, 3)
 
 
 def init_run(task: Task, seed, seed_models=None, bins: int = BINS) -> GridState:
@@ -106,14 +154,15 @@ def init_run(task: Task, seed, seed_models=None, bins: int = BINS) -> GridState:
     return state.replace(inserted=jnp.zeros((), jnp.int32))
 
 
-def make_step(task: Task, mutation_std: float, eval_batch_size: int, bins: int = BINS):
+def make_step(task: Task, mutation_std: float, eval_batch_size: int, bins: int = BINS,
+              key_order: str = "engine", noise: str = "threefry"):
     labels = task.train_labels
 
     def step(states: GridState) -> GridState:
-        keys = jax.vmap(jax.random.split)(states.key)  # [R, 2]
-        children = jax.vmap(lambda s, k: make_child(s, k, mutation_std))(states, keys[:, 1])
+        next_keys, keys = jax.vmap(lambda k: child_keys(k, key_order))(states.key)
+        children = jax.vmap(lambda s, k: make_child(s, k, mutation_std, noise=noise))(states, keys)
         scores = runner.evaluate(task.score_vector, children, eval_batch_size)
-        states = states.replace(key=keys[:, 0])
+        states = states.replace(key=next_keys)
         return jax.vmap(lambda s, c, sc: insert(s, c, sc, labels, bins))(states, children, scores)
 
     return step
@@ -131,8 +180,19 @@ def make_log(task: Task):
 def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mutation_std: float = 0.01,
                    seed_models=None, log_every: int | None = None, eval_batch_size: int | None = None,
                    progress=False, bins: int = BINS, checkpointing: Checkpointing = Checkpointing(),
-                   identity_extra: dict | None = None) -> BaselineResult:
-    """R = len(seeds) MAP-Elites runs, one child per run and step, vmapped together."""
+                   identity_extra: dict | None = None, key_order: str = "engine",
+                   noise: str = "threefry") -> BaselineResult:
+    """R = len(seeds) MAP-Elites runs, one child per run and step, vmapped together.
+
+    key_order "reference" follows the authors' key splits (and their threefry noise).
+    """
+    if key_order not in ("engine", "reference"):
+        raise ConfigError(f"key_order must be 'engine' or 'reference' (got {key_order!r}).")
+    if noise not in ("threefry", "hash"):
+        raise ConfigError(f"noise must be 'threefry' or 'hash' (got {noise!r}).")
+    if key_order == "reference" and noise != "threefry":
+        raise ConfigError("--key-order reference draws mutation noise as the authors do (threefry); "
+                          "drop --noise hash or use --key-order engine.")
     if task.train_labels is None:
         raise ConfigError(f"MAP-Elites needs class labels for its odd/even descriptors; task {task.name!r} "
                           "has no train_labels.")
@@ -143,11 +203,15 @@ def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mut
     eval_batch_size = eval_batch_size or runner.default_eval_batch_size(len(seeds))
     states = jax.jit(jax.vmap(lambda s: init_run(task, s, seed_models, bins)))(jnp.asarray(seeds, jnp.uint32))
     config = {"method": "map-elites", "grid": f"{bins}x{bins} over (odd-digit, even-digit) training accuracy",
-              "quality": "training accuracy", "parents": "two occupied cells, probability proportional to quality",
+              "quality": "training accuracy",
+              "parents": "two occupied cells, probability proportional to quality; with replacement while "
+                         "the qualities sum to less than 2, else without",
               "crossover": "SLERP with a random split point", "mutation_std": mutation_std,
+              "noise": noise, "key_order": key_order,
               "init": "pretrained" if seed_models is not None else "scratch"}
     identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
-    fps, metrics, wall, states = drive(states, make_step(task, mutation_std, eval_batch_size, bins), make_log(task),
+    step = make_step(task, mutation_std, eval_batch_size, bins, key_order, noise)
+    fps, metrics, wall, states = drive(states, step, make_log(task),
                                        forward_passes=forward_passes, fp_per_step=1, log_every=log_every,
                                        progress=progress, runs=len(seeds), start=start,
                                        checkpointing=checkpointing, identity=identity)
