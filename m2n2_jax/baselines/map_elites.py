@@ -23,8 +23,8 @@ from .. import runner
 from ..runner import run_start
 from ..errors import ConfigError
 from ..tasks.base import Task
-from ..chunk_loop import Checkpointing
-from .driver import BaselineResult, baseline_identity, drive
+from ..budget import plan_budget
+from ..chunk_loop import RunOptions, RunResult, baseline_identity, drive_steps
 
 BINS = 10
 
@@ -129,9 +129,8 @@ def make_log(task: Task):
 
 
 def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mutation_std: float = 0.01,
-                   seed_models=None, log_every: int | None = None, eval_batch_size: int | None = None,
-                   progress=False, bins: int = BINS, checkpointing: Checkpointing = Checkpointing(),
-                   identity_extra: dict | None = None) -> BaselineResult:
+                   seed_models=None, log_every: int | None = None, bins: int = BINS,
+                   options: RunOptions = RunOptions()) -> RunResult:
     """R = len(seeds) MAP-Elites runs, one child per run and step, vmapped together."""
     if task.train_labels is None:
         raise ConfigError(f"MAP-Elites needs class labels for its odd/even descriptors; task {task.name!r} "
@@ -140,16 +139,16 @@ def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mut
     if not seeds:
         raise ConfigError("at least one run is needed; pass --runs 1 or more.")
     start = time.perf_counter()
-    eval_batch_size = eval_batch_size or runner.default_eval_batch_size(len(seeds))
+    plan = plan_budget(forward_passes, 1, log_every)
+    eval_batch_size = options.eval_batch_size or runner.default_eval_batch_size(len(seeds))
     states = jax.jit(jax.vmap(lambda s: init_run(task, s, seed_models, bins)))(jnp.asarray(seeds, jnp.uint32))
     config = {"method": "map-elites", "grid": f"{bins}x{bins} over (odd-digit, even-digit) training accuracy",
               "quality": "training accuracy", "parents": "two occupied cells, probability proportional to quality",
               "crossover": "SLERP with a random split point", "mutation_std": mutation_std,
               "init": "pretrained" if seed_models is not None else "scratch"}
-    identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
-    fps, metrics, wall, states = drive(states, make_step(task, mutation_std, eval_batch_size, bins), make_log(task),
-                                       forward_passes=forward_passes, fp_per_step=1, log_every=log_every,
-                                       progress=progress, runs=len(seeds), start=start,
-                                       checkpointing=checkpointing, identity=identity)
-    best = np.asarray(jax.vmap(lambda s: s.params[s.best_index])(states))
-    return BaselineResult("map-elites", seeds, fps, metrics, wall, config, best)
+    identity = baseline_identity(config, task, seeds, forward_passes, log_every, options.identity_extra)
+    out = drive_steps(states, make_step(task, mutation_std, eval_batch_size, bins), make_log(task), plan, options,
+                      identity=identity, runs=len(seeds), start=start)
+    best = np.asarray(jax.vmap(lambda s: s.params[s.best_index])(out.state))
+    return RunResult("map-elites", seeds, out.forward_passes, out.metrics, out.wall_seconds, config, best,
+                     task=task.name)

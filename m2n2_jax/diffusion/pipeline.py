@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import method_config
+from ..methods import method_config, names
 from ..crossover import slerp
 from ..errors import ConfigError
 from ..evolution import evolve
@@ -49,7 +49,7 @@ class PipelineConfig:
     num_b: int = 2
     fitness_samples: int = 4
     report_samples: int = 8
-    methods: tuple[str, ...] = ("m2n2", "m2n2-no-attraction", "m2n2-no-split-point", "ga")
+    methods: tuple[str, ...] = names(lambda m: m.pipeline_ablation)
     runs: int = 3
     forward_passes: int = 3200
     children_per_step: int = 4

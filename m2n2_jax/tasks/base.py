@@ -22,7 +22,9 @@ class Task:
     train_labels: [N] class labels of the training points (classification
         tasks; MAP-Elites derives its descriptors from them), else None.
     headline_metric: the metric that result files, tables and plots lead
-        with ("test_accuracy" for the built-in classifiers).
+        with. Left out, it is read from ``metrics``' keys: "test_accuracy"
+        if there is one, else the first, else "best_train_score" (which every
+        method logs), so it always names a metric the runs log.
     """
 
     name: str
@@ -35,8 +37,20 @@ class Task:
     capacity: jax.Array | None = None
     train_labels: jax.Array | None = None
     info: dict = dataclasses.field(default_factory=dict)
-    headline_metric: str = "test_accuracy"
+    headline_metric: str | None = None
+
+    def __post_init__(self):
+        if self.headline_metric is None:
+            object.__setattr__(self, "headline_metric", default_headline(self.metrics, self.layout))
 
     @property
     def num_params(self) -> int:
         return self.layout.size
+
+
+def default_headline(metrics: Callable, layout: VectorLayout) -> str:
+    """The metric to lead with, from the names ``metrics`` returns (traced, not run)."""
+    names = list(jax.eval_shape(metrics, jax.ShapeDtypeStruct((layout.size,), layout.dtype)))
+    if "test_accuracy" in names:
+        return "test_accuracy"
+    return names[0] if names else "best_train_score"

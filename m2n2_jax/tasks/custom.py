@@ -121,13 +121,33 @@ def takes_argument(factory: Callable, name: str) -> bool:
 
 
 def plugin_task(spec: str, factory: Callable | None = None, **kwargs) -> Task:
-    """Call the plugin's factory (loaded from ``spec`` unless given) with ``kwargs``; check that it made a Task."""
+    """Call the plugin's factory (loaded from ``spec`` unless given) with ``kwargs``; check that it made a Task.
+
+    Arguments the factory does not take are refused in one line naming the ones it
+    takes; an exception raised inside the factory is the plugin's own and propagates
+    with its traceback (and a note saying which plugin raised it).
+    """
+    import inspect
+
     factory = factory or load_task_factory(spec)
     try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C function: no signature to check against
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as err:
+            takes = [n for n, p in signature.parameters.items()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            raise ConfigError(f"--task {spec!r}: {err}; it takes {', '.join(takes) or 'no arguments'} "
+                              "(pass them as --task-arg KEY=VALUE).") from None
+    try:
         task = factory(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"--task {spec!r}: calling it with {sorted(kwargs) or 'no arguments'} failed: {err}; "
-                          "check the --task-arg names.") from None
+    except Exception as err:
+        err.add_note(f"m2n2: raised inside the task plugin {spec!r} (called with {sorted(kwargs) or 'no arguments'})"
+                     "; the traceback above is the plugin's own code.")
+        raise
     if not isinstance(task, Task):
         raise ConfigError(f"--task {spec!r} returned {type(task).__name__}, not a Task; build one with "
                           "m2n2_jax.tasks.custom_task(name, example_params, score_fn, metrics_fn).")
