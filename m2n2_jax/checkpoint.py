@@ -29,7 +29,8 @@ class CheckpointError(M2N2Error):
     """No usable checkpoint where one was expected."""
 
 
-def _orbax():
+def load_orbax():
+    """orbax.checkpoint, imported on first use (it is slow to import), with its per-save INFO logs off."""
     import orbax.checkpoint as ocp
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs every save at INFO
@@ -40,7 +41,7 @@ class RunCheckpointer:
     """Save and restore (state, meta) pairs under ``directory/checkpoints``."""
 
     def __init__(self, directory: str, max_to_keep: int = 3):
-        ocp = _orbax()
+        ocp = load_orbax()
         self.path = os.path.abspath(os.path.join(directory, SUBDIR))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False)
@@ -51,7 +52,7 @@ class RunCheckpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state, meta: dict) -> None:
-        ocp = _orbax()
+        ocp = load_orbax()
         meta = {**meta, "format": FORMAT_VERSION, "version": _version(), "step": int(step)}
         if int(step) in self._manager.all_steps():  # e.g. a damaged one we fell back from
             self._manager.delete(int(step))
@@ -66,7 +67,7 @@ class RunCheckpointer:
         state of another structure) is refused with what to do; only one whose
         files fail to load is skipped, with a warning, for the previous one.
         """
-        ocp = _orbax()
+        ocp = load_orbax()
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.path}; start the run without --resume "
@@ -113,7 +114,7 @@ class RunCheckpointer:
 
     def latest_meta(self) -> dict:
         """The JSON item of the newest readable checkpoint (settings, progress), without its arrays."""
-        ocp = _orbax()
+        ocp = load_orbax()
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.path}; nothing to resume. Start the run without "

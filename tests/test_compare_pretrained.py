@@ -1,13 +1,11 @@
 """Pre-trained pair cache, the methods registry and the compare report (run and --from)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from m2n2_jax import compare, pretrained, results
+from m2n2_jax import pretrained, results
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.methods import check as check_method
 from conftest import run_cli

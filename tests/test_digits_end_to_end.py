@@ -1,8 +1,6 @@
 """A short real digits run improves clearly over its seeds; the CLI writes its files."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 

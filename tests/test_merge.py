@@ -188,7 +188,6 @@ def test_merge_resume_equals_uninterrupted_and_refuses_other_models(run_main, tm
     (["B", "--task", "no_such_module_xyz:make"], "cannot import module 'no_such_module_xyz'"),
     (["B", "--task", f"{PLUGIN}:nope"], "has no function 'nope'"),
     (["B", "--task", f"{PLUGIN}:make_task", "--task-arg", "bogus=1"], "unexpected keyword argument 'bogus'; it takes"),
-    (["B", "--method", "m2n2", "--archive", "recipes", "--mutation-std", "0.1"], "needs mutation_std = 0"),
     (["B", "--task", f"{PLUGIN}:make_task", "--hidden", "4"], "--hidden configure the built-in tasks"),
 ])
 def test_merge_mistakes_end_in_one_line(run_main, tmp_path, digits_pair, extra, needle):
