@@ -108,15 +108,22 @@ def mlp_flops_per_forward(task) -> float:
     return 2.0 * train * (64 * hidden + hidden * 10)
 
 
+# Instruction sets that change the speed (and bf16 rounding) of the scoring matmuls.
+MATMUL_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux, else lscpu or the platform), for the table header:
-    throughput figures and float rounding (bf16, AMX) depend on it."""
+    """The CPU's model name and matmul instruction sets (from /proc/cpuinfo on Linux, else lscpu or the
+    platform), for the table header: throughput figures and bf16 rounding depend on them."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
+            info = f.read()
+        name = next(line.split(":", 1)[1].strip() for line in info.splitlines()
+                    if line.lower().startswith("model name"))
+        flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+        features = [f for f in MATMUL_FEATURES if f in flags]
+        return f"{name} ({', '.join(features)})" if features else name
+    except (OSError, StopIteration):
         pass
     try:
         import subprocess

@@ -11,7 +11,11 @@ def test_cpu_name_is_the_machines():
     name = cpu_name()
     assert name and name != "unknown CPU"
     if os.path.exists("/proc/cpuinfo"):
-        assert name in open("/proc/cpuinfo").read()
+        info = open("/proc/cpuinfo").read()
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        assert name.startswith(model)
+        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
+        assert ("avx512_bf16" in name) == ("avx512_bf16" in flags)
 
 
 def test_bench_table_has_every_row_its_ratio_and_the_cpu(tmp_path, capsys):
