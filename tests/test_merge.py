@@ -99,6 +99,7 @@ def test_a_task_built_directly_leads_with_a_metric_it_has():
     assert make(lambda v: {"test_exact_match": jnp.mean(v), "x": 0.0}).headline_metric == "test_exact_match"
     assert make(lambda v: {"x": 0.0, "test_accuracy": jnp.mean(v)}).headline_metric == "test_accuracy"
     assert make(lambda v: {}).headline_metric == "best_train_score"
+    assert make(lambda v: {"zeta": jnp.mean(v), "alpha": 0.0}).headline_metric == "zeta"  # as returned, not sorted
 
 
 # ---- m2n2 merge --------------------------------------------------------------------------------

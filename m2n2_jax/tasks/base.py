@@ -48,9 +48,25 @@ class Task:
         return self.layout.size
 
 
+def metric_shapes(metrics: Callable, example) -> tuple[list[str], object]:
+    """(names in the order ``metrics`` returns them, their shapes), traced, not run.
+
+    ``jax.eval_shape`` alone would sort the names (dicts are pytrees with sorted keys).
+    """
+    names = []
+
+    def probe(x):
+        out = metrics(x)
+        if isinstance(out, dict):
+            names[:] = list(out)
+        return out
+
+    return names, jax.eval_shape(probe, example)
+
+
 def default_headline(metrics: Callable, layout: VectorLayout) -> str:
-    """The metric to lead with, from the names ``metrics`` returns (traced, not run)."""
-    names = list(jax.eval_shape(metrics, jax.ShapeDtypeStruct((layout.size,), layout.dtype)))
+    """The metric to lead with: test_accuracy if ``metrics`` has it, else its first, else best_train_score."""
+    names, _ = metric_shapes(metrics, jax.ShapeDtypeStruct((layout.size,), layout.dtype))
     if "test_accuracy" in names:
         return "test_accuracy"
     return names[0] if names else "best_train_score"

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from ..errors import ConfigError, ScoreFunctionError
 from ..flatten import VectorLayout
-from .base import Task
+from .base import Task, metric_shapes
 
 
 def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Callable | None = None, *,
@@ -43,14 +43,14 @@ def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Calla
             "[N] with one score per datapoint.")
     headline = "best_train_score"
     if metrics_fn is not None:
-        metric_shapes = jax.eval_shape(metrics_fn, example_params)
-        if not isinstance(metric_shapes, dict) or not metric_shapes:
+        names, shapes = metric_shapes(metrics_fn, example_params)
+        if not isinstance(shapes, dict) or not shapes:
             raise ScoreFunctionError(f"task {name!r}: metrics_fn must return a non-empty dict of scalars "
-                                     f"(got {type(metric_shapes).__name__}).")
-        bad = [k for k, v in metric_shapes.items() if getattr(v, "shape", None) != ()]
+                                     f"(got {type(shapes).__name__}).")
+        bad = [k for k in names if getattr(shapes[k], "shape", None) != ()]
         if bad:
             raise ScoreFunctionError(f"task {name!r}: metrics {bad} are not scalars; return one number per metric.")
-        headline = next(iter(metric_shapes))
+        headline = names[0]  # the first the function returns (eval_shape alone would sort them)
 
     def score_vector(x):
         return jnp.asarray(score_fn(layout.unravel(x)), jnp.float32)
