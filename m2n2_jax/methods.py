@@ -126,6 +126,12 @@ def check(method: str, init: str = "scratch", settings: dict | None = None, num_
     order "engine" are the defaults every method has).
     """
     spec = get(method)
+    if num_models is not None:
+        if not spec.merges:
+            raise ConfigError(f"{method!r} cannot merge given models; choose one of: "
+                              f"{', '.join(names(lambda m: m.merges))}.")
+        if spec.models is not None and num_models != spec.models:
+            raise ConfigError(f"{method} merges exactly {spec.models} models (got {num_models}).")
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}; choose 'scratch' or 'pretrained'.")
     if init not in spec.inits:
@@ -145,12 +151,6 @@ def check(method: str, init: str = "scratch", settings: dict | None = None, num_
     if refused:
         takes = ", ".join(sorted(_flag(o) for o in spec.options)) or "none of them"
         raise ConfigError(f"{method} does not take {', '.join(_flag(o) for o in refused)} (its options: {takes}).")
-    if num_models is not None:
-        if not spec.merges:
-            raise ConfigError(f"{method!r} cannot merge given models; choose one of: "
-                              f"{', '.join(names(lambda m: m.merges))}.")
-        if spec.models is not None and num_models != spec.models:
-            raise ConfigError(f"{method} merges exactly {spec.models} models (got {num_models}).")
     if archive == "recipes" and not spec.recipes:
         raise ConfigError(f"--archive recipes runs the M2N2 family ({', '.join(names(lambda m: m.recipes))}), "
                           f"not {method}; use --archive dense for it.")
