@@ -3,9 +3,11 @@
 Evolve and merge neural networks with competition (niche fitness), attraction
 (complementary mate choice) and SLERP crossover with an evolving split point.
 """
-from .config import METHODS, M2N2Config, M2N2Params, method_config
+from .chunk_loop import RunOptions, RunResult
+from .config import M2N2Config, M2N2Params
 from .errors import ConfigError, DataError, M2N2Error, ScoreFunctionError, SeedModelError
-from .evolution import EvolutionResult, evolve
+from .evolution import evolve
+from .methods import METHODS, method_config
 from .flatten import VectorLayout
 from .strategy import M2N2, ArchiveState
 from .tasks.base import Task
@@ -15,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "M2N2", "M2N2Config", "M2N2Params", "ArchiveState", "VectorLayout", "Task", "custom_task", "METHODS",
-    "method_config", "evolve", "EvolutionResult", "M2N2Error", "ConfigError", "DataError",
+    "method_config", "evolve", "RunOptions", "RunResult", "M2N2Error", "ConfigError", "DataError",
     "ScoreFunctionError", "SeedModelError",
 ]

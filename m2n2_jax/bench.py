@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 
 import jax
@@ -107,31 +108,65 @@ def mlp_flops_per_forward(task) -> float:
     return 2.0 * train * (64 * hidden + hidden * 10)
 
 
+# Instruction sets that change the speed (and bf16 rounding) of the scoring matmuls.
+MATMUL_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and matmul instruction sets (from /proc/cpuinfo on Linux, else lscpu or the
+    platform), for the table header: throughput figures and bf16 rounding depend on them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        name = next(line.split(":", 1)[1].strip() for line in info.splitlines()
+                    if line.lower().startswith("model name"))
+        flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+        features = [f for f in MATMUL_FEATURES if f in flags]
+        return f"{name} ({', '.join(features)})" if features else name
+    except (OSError, StopIteration):
+        pass
+    try:
+        import subprocess
+
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def run_benchmark(forward_passes: int = 2000, loop_forward_passes: int = 300, repeats: int = 3,
-                  out: str | None = None) -> dict:
-    tasks = {p: digits_task(matmul_precision=p) for p in ("float32", "bfloat16")}
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
-          f"{jax.device_count()} devices; "
-          f"{repeats} interleaved repeats, best of each reported", flush=True)
+                  out: str | None = None, hidden: int = 256, engine_settings=None, eval_settings=None,
+                  gemm_size: int = 2048) -> dict:
+    """Measure every setting (``engine_settings``/``eval_settings`` default to all rows; tests pass a
+    few at a toy ``hidden`` size) and print the table, headed by the CPU it ran on."""
+    engine_settings = ENGINE_SETTINGS if engine_settings is None else engine_settings
+    eval_settings = EVAL_SETTINGS if eval_settings is None else eval_settings
+    tasks = {p: digits_task(hidden=hidden, matmul_precision=p) for p in ("float32", "bfloat16")}
+    cpu = cpu_name()
+    header = (f"CPU: {cpu}, {os.cpu_count()} cores; jax {jax.__version__} on {jax.devices()[0].platform}, "
+              f"{jax.device_count()} devices; {repeats} interleaved repeats, best of each reported")
+    print(header, flush=True)
     loop_label = "per-child Python loop (reference procedure)"
     timers = {loop_label: _loop_timer(tasks["float32"], loop_forward_passes)}
     precision = {loop_label: "float32"}
     devices = jax.devices()
-    for label, runs, batch, eval_batch, prec, all_devices, noise in ENGINE_SETTINGS:
+    for label, runs, batch, eval_batch, prec, all_devices, noise in engine_settings:
         if all_devices and len(devices) == 1:
             continue  # one device: the single-device rows say it all
         label = label.format(n=len(devices))
         timers[label] = _engine_timer(tasks[prec], runs, batch, eval_batch, forward_passes,
                                       devices if all_devices else None, noise)
         precision[label] = prec
-    for label, children, eval_batch, prec in EVAL_SETTINGS:
+    for label, children, eval_batch, prec in eval_settings:
         timers[label] = _eval_only_timer(tasks[prec], children, eval_batch, forward_passes)
         precision[label] = prec
     samples = {label: [] for label in timers}
     gemm = {"float32": [], "bfloat16": []}
     for rep in range(repeats):
         for prec in gemm:
-            gemm[prec].append(gemm_gflops(dtype=jnp.dtype(prec)))
+            gemm[prec].append(gemm_gflops(gemm_size, dtype=jnp.dtype(prec)))
         for label, measure in timers.items():
             samples[label].append(measure())
         print(f"  repeat {rep + 1}/{repeats} done", flush=True)
@@ -142,17 +177,17 @@ def run_benchmark(forward_passes: int = 2000, loop_forward_passes: int = 300, re
     rows = [(label, fps, fps / loop, fps / ceiling[precision[label]]) for label, fps in best.items()]
     table = ["| setting | forward passes / s | vs loop | of FLOP ceiling |", "|---|---:|---:|---:|"]
     table += [f"| {label} | {fps:,.0f} | {ratio:.1f}x | {frac:.0%} |" for label, fps, ratio, frac in rows]
-    table.append(f"\nFLOP ceiling: dense 2048^3 GEMM at {max(gemm['float32']):.0f} GFLOP/s (float32) and "
+    table.append(f"\nFLOP ceiling: dense {gemm_size}^3 GEMM at {max(gemm['float32']):.0f} GFLOP/s (float32) and "
                  f"{max(gemm['bfloat16']):.0f} GFLOP/s (bfloat16 operands, float32 accumulation) / "
                  f"{flops / 1e6:.1f} MFLOP per forward pass = {ceiling['float32']:,.0f} and "
                  f"{ceiling['bfloat16']:,.0f} forward passes/s. bf16 rows use the bfloat16 ceiling. "
                  "Engine rows draw mutation noise with threefry (the default) unless they say hash noise.")
-    text = "\n".join(table)
-    print(text)
+    print("\n".join(table))
+    text = "\n".join([header, ""] + table)  # the files say which CPU the figures come from
     record = {"forward_passes_per_second": best, "samples": samples, "ratio_to_loop":
               {label: ratio for label, _, ratio, _ in rows}, "matmul_precision": precision,
               "gemm_gflops": {p: max(v) for p, v in gemm.items()},
-              "flop_ceiling_fp_per_s": ceiling, "jax": jax.__version__, "cpu_count": os.cpu_count(),
+              "flop_ceiling_fp_per_s": ceiling, "jax": jax.__version__, "cpu": cpu, "cpu_count": os.cpu_count(),
               "device_count": jax.device_count()}
     if out:
         os.makedirs(out, exist_ok=True)

@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 
-from .config import METHODS
 from .errors import ConfigError, M2N2Error
 
 # Settings that define a run (compared when resuming); None means "not given".
@@ -20,6 +19,8 @@ EVOLVE_DEFAULTS = {
     "key_order": "engine", "noise": None, "eval_batch_size": None, "hidden": None, "train_size": None,
     "matmul_precision": "float32", "task_args": None,
 }
+# Algorithm options, handed to methods.prepare (which refuses those a method does not honour).
+ALGORITHM_OPTIONS = ("batch", "archive_size", "alpha", "mutation_std", "noise", "sigma", "key_order")
 # Settings of a merge (compared when resuming, with the models' fingerprint).
 MERGE_DEFAULTS = {
     "models": None, "task": "digits", "task_args": None, "method": "m2n2", "runs": 1, "seed": 42,
@@ -89,7 +90,7 @@ def _add_distributed_options(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import ALL_METHODS, INITS
+    from .methods import ALL_METHODS, INITS, KEY_ORDERS, names
     from .tasks import TASKS
 
     parser = OneLineParser(prog="m2n2", description="M2N2: evolve and merge models with natural niches.")
@@ -117,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mutation std (default 0.01 from scratch, 0 from pre-trained)")
     ev.add_argument("--sigma", type=_non_negative_float,
                     help="initial step size of an evosax strategy (default: the method's, see docs)")
-    ev.add_argument("--key-order", choices=("engine", "reference"),
-                    help="'reference' follows the authors' PRNG key order exactly (needs --batch 1)")
+    ev.add_argument("--key-order", choices=KEY_ORDERS,
+                    help="'reference' follows the authors' PRNG key order exactly (needs --batch 1; the methods "
+                         "that implement it: " + ", ".join(names(lambda m: "reference" in m.key_orders)) + ")")
     ev.add_argument("--noise", choices=("hash", "threefry"), help="mutation-noise generator (default threefry, as the reference; hash: a "
                          "counter hash, about 6%% faster per step)")
     ev.add_argument("--eval-batch-size", type=_positive_int,
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "returning a Task")
     mg.add_argument("--task-arg", dest="task_args", action="append", metavar="KEY=VALUE",
                     help="keyword argument for a task plugin (repeatable)")
-    mg.add_argument("--method", help="m2n2 (default), an ablation, ga, map-elites or brute-force (two models)")
+    mg.add_argument("--method", help="one of " + ", ".join(names(lambda m: m.merges)) + "; default m2n2")
     mg.add_argument("--archive", choices=("dense", "recipes"),
                     help="'dense' (default): the archive holds P models; 'recipes': members are stored as "
                          "piecewise combinations of the inputs (no mutation), so memory is the K inputs plus one "
@@ -200,12 +202,13 @@ def resolve_settings(args, defaults: dict = EVOLVE_DEFAULTS) -> dict:
     given = {k: getattr(args, k) for k in defaults if getattr(args, k) not in (None, [])}
     if not args.resume:
         return {**defaults, **given}
-    from .checkpoint import RunCheckpointer, has_checkpoint
+    from .checkpoint import has_checkpoint, read_latest_meta
 
     if not os.path.isdir(args.resume) or not has_checkpoint(args.resume):
         raise ConfigError(f"--resume {args.resume}: no checkpoint there; point it at the --out directory of a "
                           "run that was interrupted (it holds a checkpoints/ folder).")
-    identity = RunCheckpointer(args.resume).latest_meta()["identity"]
+    identity = read_latest_meta(args.resume)["identity"]
+    args.resumed_identity = identity
     saved = dict(identity["cli"])
     # Defaults can change between versions (the noise generator did): an option the run left at
     # its default resumes with the value the run actually used, as its config records.
@@ -221,6 +224,25 @@ def resolve_settings(args, defaults: dict = EVOLVE_DEFAULTS) -> dict:
     return {**defaults, **saved}
 
 
+def algorithm_settings(settings: dict) -> dict:
+    """The algorithm options among a command's settings (None: not given)."""
+    return {k: settings.get(k) for k in ALGORITHM_OPTIONS if k in settings}
+
+
+def run_options(args, out: str, settings: dict, method: str, extra: dict | None = None, **rest):
+    """How the CLI runs a method: progress unless --quiet, checkpoints in --out unless --no-checkpoint."""
+    from .chunk_loop import RunOptions
+    from .methods import get
+
+    if args.no_checkpoint or not get(method).checkpoints:
+        if not args.no_checkpoint:
+            print(f"m2n2: note: {method} runs without checkpoints (one quick sweep).", file=sys.stderr)
+        return RunOptions(progress=not args.quiet, **rest)
+    return RunOptions.saving(out, every=args.checkpoint_every, seconds=args.checkpoint_seconds,
+                             resume=bool(args.resume), progress=not args.quiet,
+                             identity_extra={"cli": getattr(args, "identity_cli", settings), **(extra or {})}, **rest)
+
+
 def cmd_evolve(args) -> int:
     import resource
 
@@ -229,24 +251,19 @@ def cmd_evolve(args) -> int:
 
     from . import results
     from . import distributed
-    from .methods import CHECKPOINTING_METHODS, DEFAULT_FORWARD_PASSES, check_method, run_method
+    from .methods import DEFAULT_FORWARD_PASSES, INITS, prepare
 
     settings = resolve_settings(args)
     method, init = settings["method"], settings["init"]
-    check_method(method, init)
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose 'scratch' or 'pretrained'.")
     forward_passes = settings["forward_passes"] or DEFAULT_FORWARD_PASSES[init]
     out = args.resume or args.out or os.path.join(
         "runs", f"{settings['task']}-{method}" + ("-pretrained" if init == "pretrained" else ""))
     task = _task_of(settings, args, train_size=settings["train_size"])
-    from .runner import plan_logging
-
-    if method in METHODS:  # validate before anything runs, so mistakes end in one line
-        from .config import method_config
-
-        method_config(method, children_per_step=settings["batch"], key_order=settings["key_order"],
-                      **{k: settings[k] for k in ("archive_size", "alpha", "mutation_std", "noise")
-                         if settings[k] is not None})
-        plan_logging(forward_passes, settings["batch"], settings["log_every"])
+    seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
+    run = prepare(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
+                  **algorithm_settings(settings))  # every check, before anything is written
     distributed.main_first(_prepare_output, out, args)  # multi-host: process 0 prepares, the others wait
     devices = None
     if args.devices:
@@ -256,22 +273,10 @@ def cmd_evolve(args) -> int:
             raise ConfigError(f"--devices {args.devices} but only {len(available)} {where} device(s) exist; "
                               f"pass --devices {len(available)} or fewer.")
         devices = available[:args.devices]
-    seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
     distributed.is_main() and print(f"m2n2 evolve: task={task.name} method={method} init={init} runs={len(seeds)} "
           f"seeds={seeds[0]}..{seeds[-1]} forward_passes={forward_passes} batch={settings['batch']} -> {out}"
           f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
-    checkpointing = {}
-    if method in CHECKPOINTING_METHODS and not args.no_checkpoint:
-        checkpointing = dict(checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
-                             checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
-                             identity_extra={"cli": getattr(args, "identity_cli", settings)})
-    elif not args.no_checkpoint:
-        print(f"m2n2 evolve: note: {method} runs without checkpoints (one quick sweep).", file=sys.stderr)
-    res = run_method(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
-                     batch=settings["batch"], eval_batch_size=settings["eval_batch_size"], progress=not args.quiet,
-                     key_order=settings["key_order"], sigma=settings["sigma"], archive_size=settings["archive_size"],
-                     alpha=settings["alpha"], mutation_std=settings["mutation_std"], noise=settings["noise"],
-                     devices=devices, **checkpointing)
+    res = run(run_options(args, out, settings, method, devices=devices, eval_batch_size=settings["eval_batch_size"]))
     if not distributed.is_main():  # multi-host: every process has the results, process 0 writes them
         return 0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
@@ -325,8 +330,7 @@ def _task_of(settings: dict, args, first_model: str | None = None, **options):
 def cmd_merge(args) -> int:
     import numpy as np
 
-    from . import distributed, merge_models, model_files
-    from .methods import run_method
+    from . import distributed, merge_models, methods, model_files
 
     settings = resolve_settings(args, MERGE_DEFAULTS)
     paths = settings["models"] or []
@@ -334,7 +338,7 @@ def cmd_merge(args) -> int:
         raise ConfigError(f"m2n2 merge needs at least two model files (got {len(paths)}); "
                           "e.g. m2n2 merge a.msgpack b.msgpack --task digits --out runs/merged.")
     method = settings["method"]
-    merge_models.check_merge_method(method, len(paths))
+    methods.check(method, "pretrained", num_models=len(paths), archive=settings["archive"])
     task = _task_of(settings, args, first_model=paths[0])
     vectors = np.stack([model_files.load_model(p, task.layout) for p in paths])
     from .flatten import check_finite_seeds
@@ -342,40 +346,20 @@ def cmd_merge(args) -> int:
     check_finite_seeds(vectors)
     task = merge_models.with_seed_models(task, vectors)
     if args.resume:
-        from .checkpoint import RunCheckpointer
-
-        started = RunCheckpointer(args.resume).latest_meta()["identity"].get("models_sha256")
+        started = args.resumed_identity.get("models_sha256")
         if started not in (None, merge_models.fingerprint(vectors)):
             raise ConfigError(f"--resume {args.resume}: the model files ({', '.join(paths)}) changed since this "
                               "merge started; put the original files back, or start a new merge in another --out.")
     out = args.resume or args.out or os.path.join("runs", f"merge-{os.path.basename(settings['task'])}")
-    if method not in ("map-elites", "brute-force"):
-        from .config import method_config
-        from .runner import plan_logging
-
-        method_config(method, children_per_step=settings["batch"],
-                      **{k: settings[k] for k in ("archive_size", "alpha", "mutation_std") if settings[k] is not None})
-        plan_logging(settings["forward_passes"], settings["batch"], settings["log_every"])
-    if settings["archive"] == "recipes":
-        _recipe_config(settings)
-    distributed.main_first(_prepare_output, out, args)
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
-    distributed.is_main() and print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} runs={len(seeds)} "
-          f"forward_passes={settings['forward_passes']} -> {out}{' (resuming)' if args.resume else ''}",
-          file=sys.stderr)
-    checkpointing = {}
-    if method != "brute-force" and not args.no_checkpoint:
-        checkpointing = dict(checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
-                             checkpoint_seconds=args.checkpoint_seconds or None, resume=bool(args.resume),
-                             identity_extra={"cli": getattr(args, "identity_cli", settings),
-                                             "models_sha256": merge_models.fingerprint(vectors)})
-    if settings["archive"] == "recipes":
-        res = _merge_with_recipes(settings, task, vectors, seeds, checkpointing, quiet=args.quiet)
-    else:
-        res = run_method(method, task, seeds, settings["forward_passes"], init="pretrained",
-                         log_every=settings["log_every"], batch=settings["batch"], progress=not args.quiet,
-                         archive_size=settings["archive_size"], alpha=settings["alpha"],
-                         mutation_std=settings["mutation_std"], **checkpointing)
+    run = methods.prepare(method, task, seeds, settings["forward_passes"], init="pretrained",
+                          log_every=settings["log_every"], archive=settings["archive"],
+                          **algorithm_settings(settings))
+    distributed.main_first(_prepare_output, out, args)  # multi-host: process 0 prepares, the others wait
+    distributed.is_main() and print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} "
+                                    f"runs={len(seeds)} forward_passes={settings['forward_passes']} -> {out}"
+                                    f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
+    res = run(run_options(args, out, settings, method, extra={"models_sha256": merge_models.fingerprint(vectors)}))
     if distributed.is_main():  # multi-host: process 0 writes
         _write_merge_outputs(out, paths, settings, task, vectors, res, seeds)
     return 0
@@ -425,41 +409,11 @@ def _write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, se
           + f"; wrote {merged_file}, results.json, table.md, curves.png")
 
 
-def _recipe_config(settings: dict):
-    """The config of a recipe-archive merge, refusing what a recipe archive cannot run."""
-    from .config import METHODS, method_config
-    from .recipes import check_config
-
-    if settings["method"] not in METHODS:
-        raise ConfigError(f"--archive recipes runs the M2N2 family ({', '.join(METHODS)}), not "
-                          f"{settings['method']}; use --archive dense for it.")
-    config = method_config(settings["method"], children_per_step=settings["batch"],
-                           mutation_std=settings["mutation_std"] or 0.0,
-                           **{k: settings[k] for k in ("archive_size", "alpha") if settings[k] is not None})
-    check_config(config)
-    return config
-
-
-def _merge_with_recipes(settings: dict, task, vectors, seeds, checkpointing: dict, quiet: bool):
-    """A merge whose archives store recipes (m2n2_jax.recipe_runs): the M2N2 family, no mutation."""
-    from .chunk_loop import Checkpointing
-    from .recipe_runs import merge
-
-    config = _recipe_config(settings)
-    identity = {"config": config.to_dict(), "task": task.name, "seeds": seeds,
-                "forward_passes": settings["forward_passes"], "archive": "recipes",
-                **checkpointing.get("identity_extra", {})}
-    saving = Checkpointing(checkpointing.get("checkpoint_dir"), checkpointing.get("checkpoint_every"),
-                           checkpointing.get("checkpoint_seconds"), checkpointing.get("resume", False))
-    return merge(config, task, vectors, seeds, settings["forward_passes"], log_every=settings["log_every"],
-                 progress=not quiet, checkpointing=saving, identity=identity)
-
-
 def cmd_compare(args) -> int:
     import shlex
 
     from . import compare
-    from .methods import check_method
+    from .methods import check
 
     command = "m2n2 " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
     if args.from_dirs:
@@ -471,7 +425,7 @@ def cmd_compare(args) -> int:
             raise ConfigError("pass --methods m2n2,cma-es,... to run, or --from DIR ... to reuse finished runs.")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for m in methods:
-            check_method(m, args.init)
+            check(m, args.init)
         records = compare.run_all(methods, args.out, task=args.task, runs=args.runs, seed=args.seed,
                                   forward_passes=args.forward_passes, init=args.init,
                                   log=lambda msg: print(msg, file=sys.stderr))
@@ -519,14 +473,31 @@ def expose_cpu_devices(count: int | None) -> int:
 
     Independent runs then advance in parallel, one group per device, which
     also parallelises the small per-run operations that a single device runs
-    one after another. Must happen before JAX starts its CPU backend; does
-    nothing when XLA_FLAGS already sets a device count or the backend is up.
-    Returns the count asked for.
+    one after another. XLA reads the device count from XLA_FLAGS once, when
+    JAX starts its backends; so the flag is set only for that moment (JAX is
+    started here) and XLA_FLAGS is then put back as it was, so that processes
+    started later (``m2n2 compare`` runs each method in one) and the user's
+    own code see the environment unchanged. Does nothing when XLA_FLAGS
+    already sets a device count or JAX's backends are already up. Returns the
+    count asked for.
     """
     count = count or min(os.cpu_count() or 1, MAX_AUTO_CPU_DEVICES)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if count > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    before = os.environ.get("XLA_FLAGS")
+    if count <= 1 or "xla_force_host_platform_device_count" in (before or ""):
+        return count
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return count
+    os.environ["XLA_FLAGS"] = f"{before or ''} --xla_force_host_platform_device_count={count}".strip()
+    try:
+        jax.devices()  # starts the backends, which read the flag now
+    finally:
+        if before is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = before
     return count
 
 

@@ -134,22 +134,3 @@ class M2N2Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# The paper's methods and ablations, as changes to the default config.
-METHODS: dict[str, dict] = {
-    "m2n2": {},
-    "m2n2-no-crossover": {"use_crossover": False},
-    "m2n2-no-split-point": {"use_split_point": False},
-    "m2n2-no-attraction": {"use_attraction": False},
-    "ga": {"alpha": 0.0, "use_attraction": False},
-    "ga-no-crossover": {"alpha": 0.0, "use_attraction": False, "use_crossover": False},
-}
-
-
-def method_config(method: str, **overrides) -> M2N2Config:
-    """The config of a named method, with optional field overrides."""
-    if method not in METHODS:
-        raise ConfigError(
-            f"unknown method {method!r}; choose one of: {', '.join(METHODS)}.")
-    return M2N2Config(**{**METHODS[method], **overrides})

@@ -14,13 +14,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from .errors import ConfigError, SeedModelError
+from .errors import SeedModelError
 from .tasks.base import Task
-
-# Methods that can merge given models (the evosax strategies start from N(0, sigma^2) instead).
-MERGE_METHODS = ("m2n2", "m2n2-no-split-point", "m2n2-no-attraction", "m2n2-no-crossover", "ga",
-                 "ga-no-crossover", "map-elites", "brute-force")
-
 
 def with_seed_models(task: Task, vectors) -> Task:
     """The task whose 'pre-trained' seeds are ``vectors`` [K, D]."""
@@ -30,13 +25,6 @@ def with_seed_models(task: Task, vectors) -> Task:
     if vectors.shape[1] != task.num_params:
         raise SeedModelError(f"models have {vectors.shape[1]:,} parameters, the task's model {task.num_params:,}.")
     return dataclasses.replace(task, pretrained_seeds=lambda: vectors)
-
-
-def check_merge_method(method: str, num_models: int) -> None:
-    if method not in MERGE_METHODS:
-        raise ConfigError(f"{method!r} cannot merge given models; choose one of: {', '.join(MERGE_METHODS)}.")
-    if method == "brute-force" and num_models != 2:
-        raise ConfigError(f"brute-force searches SLERP ratios between exactly two models (got {num_models}).")
 
 
 def fingerprint(vectors) -> str:

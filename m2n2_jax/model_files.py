@@ -145,9 +145,9 @@ def _from_tree(params, layout: VectorLayout, path: str) -> np.ndarray:
 
 
 def _load_orbax(directory: str, layout: VectorLayout, path: str) -> np.ndarray:
-    from .checkpoint import _orbax
+    from .checkpoint import load_orbax
 
-    ocp = _orbax()
+    ocp = load_orbax()
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.abspath(directory))
     return _from_tree(params, layout, path)
@@ -182,9 +182,9 @@ def save_model(path: str, vector, layout: VectorLayout, like: str | None = None)
             if os.path.isfile(os.path.join(like, name)):
                 shutil.copy(os.path.join(like, name), os.path.join(path, name))
     else:
-        from .checkpoint import _orbax
+        from .checkpoint import load_orbax
 
-        ocp = _orbax()
+        ocp = load_orbax()
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.abspath(path), params, force=True)
     return path

@@ -5,8 +5,8 @@ models (:mod:`m2n2_jax.recipes`), so R runs need the K inputs, their Gram
 prefix sums and one working copy, instead of R x P dense models: what makes
 merging 7B-class models fit in memory. The runs advance step by step on the
 host (asks and tells are numpy; each child is materialised once and scored by
-the task's jitted score function) inside the same chunked loop as the engine
-(:func:`m2n2_jax.chunk_loop.run_chunks`): progress, checkpoints every so many
+the task's jitted score function) inside the one run loop
+(:func:`m2n2_jax.chunk_loop.drive`): progress, checkpoints every so many
 forward passes and Ctrl-C behave as for ``m2n2 evolve``. A checkpoint holds
 the keys, scores and counters as arrays and the recipes (a few numbers per
 segment) in its JSON item; a resumed run ends where an uninterrupted one does.
@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import distributed, recipes, runner
-from .baselines.driver import BaselineResult
-from .checkpoint import RunCheckpointer
-from .chunk_loop import Checkpointing, check_identity, run_chunks
+from . import distributed, recipes
+from .budget import plan_budget
+from .chunk_loop import RunOptions, RunResult, Saved, drive
 from .config import M2N2Config
 from .tasks.base import Task
 
@@ -62,14 +61,27 @@ class _State:
         return _arrays(self.archives, self.keys)
 
 
+def _rebuild(arrays: dict, meta: dict, like: _State) -> _State:
+    """The state a checkpoint holds: its arrays and the recipes of its JSON item."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    return _State(_archives_from(arrays, meta["recipes"], like.archives[0].adaptive_capacity), arrays["keys"])
+
+
+# A checkpoint holds the arrays with orbax and the recipes (a few numbers per segment) as JSON.
+SAVED = Saved(arrays=lambda state: state.arrays, meta=lambda state: {"recipes": _recipes_json(state.archives)},
+              rebuild=_rebuild)
+
+
 def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: int, *, log_every: int | None = None,
-          progress=False, checkpointing: Checkpointing = Checkpointing(), identity: dict | None = None) -> BaselineResult:
-    """R = len(seeds) M2N2 runs over recipe archives of the input models ``seed_vectors`` [K, D]."""
+          options: RunOptions = RunOptions(), identity: dict | None = None) -> RunResult:
+    """R = len(seeds) M2N2 runs over recipe archives of the input models ``seed_vectors`` [K, D].
+
+    options: progress and checkpoints; every log interval is a chunk of its own (each
+    child may take seconds, so progress and saves follow every logged point).
+    """
     recipes.check_config(config)
     seeds = [int(s) for s in seeds]
-    batch = config.children_per_step
-    steps, steps_per_log = runner.plan_logging(forward_passes, batch, log_every)
-    checkpointing = checkpointing.checked()
+    plan = plan_budget(forward_passes, config.children_per_step, log_every)
     bank = recipes.SeedBank.build(np.asarray(seed_vectors, np.float32))
     score = jax.jit(task.score_vector)
     metrics = jax.jit(task.metrics)
@@ -83,20 +95,13 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
         values = {k: float(v) for k, v in metrics(dense(archive.recipes[best])).items()}
         return {**values, "best_train_score": float(jnp.mean(archive.scores[best])), "inserted": archive.inserted}
 
-    start = time.perf_counter()
-    seed_scores = jnp.stack([score(jnp.asarray(v)) for v in bank.seeds])
-    first = recipes.init(config, bank, seed_scores, task.capacity)
-    state = _State([first] * len(seeds), np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
-    history = {k: [np.asarray([v] * len(seeds), np.float32)] for k, v in logged_metrics(first).items()}
-    done_logs, elapsed_before = 0, 0.0
-    distributed.check_agreement(distributed.run_digests(identity or {"seeds": seeds}, task, seed_vectors))
-    distributed.started()  # multi-host: processes agree on settings, seeds, models and data
-    if checkpointing.resume:
-        state, history, done_logs, elapsed_before = _restore(checkpointing.directory, state, identity)
+    def log(state: _State) -> dict:
+        rows = [logged_metrics(a) for a in state.archives]
+        return {k: np.asarray([row[k] for row in rows], np.float32) for k in rows[0]}
 
-    def chunk(state: _State, num_logs: int):
+    def chunk(state: _State, num_logs: int, steps_per_log: int):
         archives, keys = list(state.archives), state.keys.copy()
-        logged = {k: [] for k in history}
+        logged = []
         for _ in range(num_logs):
             for r in range(len(archives)):
                 key = jnp.asarray(keys[r])
@@ -107,51 +112,24 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
                     scores = jnp.asarray(distributed.map_over_processes(lambda c: score(dense(c)), children, seed_scores[0]))
                     archives[r] = recipes.tell(config, archives[r], children, scores)
                 keys[r] = np.asarray(key)
-            rows = [logged_metrics(a) for a in archives]
-            for k in logged:
-                logged[k].append(np.asarray([row[k] for row in rows], np.float32))
-        return _State(archives, keys), {k: np.stack(v) for k, v in logged.items()}
+            logged.append(log(_State(archives, keys)))
+        return _State(archives, keys), {k: np.stack([row[k] for row in logged]) for k in logged[0]}
 
-    from .evolution import _progress_bar
-
-    # run_chunks saves a pytree of arrays; the recipes go into the checkpoint's JSON item, taken
-    # from the last completed chunk (so a Ctrl-C mid-chunk saves a consistent pair).
-    current = {"state": state}
-
-    def array_chunk(_arrays_unused, num_logs):
-        new_state, logged = chunk(current["state"], num_logs)
-        current["state"] = new_state
-        return new_state.arrays, logged
-
-    fp_per_log = steps_per_log * batch
-    num_logs = steps // steps_per_log
-    bar = _progress_bar(progress, forward_passes, len(seeds), done_logs * fp_per_log)
-    every = checkpointing.every
-    logs_per_chunk = max(1, min(num_logs, (every or fp_per_log) // fp_per_log))
-    _, wall = run_chunks(array_chunk, state.arrays, history, num_logs=num_logs, sizes=[logs_per_chunk],
-                         fp_per_log=fp_per_log, forward_passes=forward_passes, bar=bar, checkpointing=checkpointing,
-                         identity=identity, done_logs=done_logs, elapsed_before=elapsed_before, start=start,
-                         extra_meta=lambda: {"recipes": _recipes_json(current["state"].archives)})
-    state = current["state"]
-    best = np.stack([bank.materialise(a.recipes[a.best_index]) for a in state.archives])
-    memory = recipes.archive_memory(bank, state.archives[0])
-    return BaselineResult("recipes", seeds, [i * fp_per_log for i in range(num_logs + 1)],
-                          {k: np.stack(v, axis=1) for k, v in history.items()}, wall, config.to_dict(), best,
-                          extra={"execution": {"archive": "recipes", "platform": jax.default_backend(),
-                                               "processes": distributed.process_count()},
-                                 "archive_memory": {k: (round(v, 3) if isinstance(v, float) else int(v))
-                                                    for k, v in memory.items()}})
-
-
-def _restore(directory: str, state: _State, identity: dict | None):
-    """(state, history, done_logs, elapsed) from the newest good checkpoint."""
-    checkpointer = RunCheckpointer(directory)
-    try:
-        restored, meta = checkpointer.restore_latest(state.arrays)
-    finally:
-        checkpointer.close()
-    check_identity(meta["identity"], identity)
-    restored = {k: np.asarray(v) for k, v in restored.items()}
-    archives = _archives_from(restored, meta["recipes"], state.archives[0].adaptive_capacity)
-    history = {k: [np.asarray(row, dtype=np.float32) for row in v] for k, v in meta["history"].items()}
-    return _State(archives, restored["keys"]), history, int(meta["done_logs"]), float(meta["elapsed_seconds"])
+    start = time.perf_counter()
+    seed_scores = jnp.stack([score(jnp.asarray(v)) for v in bank.seeds])
+    first = recipes.init(config, bank, seed_scores, task.capacity)
+    state = _State([first] * len(seeds), np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
+    first_log = {k: np.asarray([v] * len(seeds), np.float32) for k, v in logged_metrics(first).items()}
+    distributed.check_agreement(distributed.run_digests(identity or {"seeds": seeds}, task, seed_vectors))
+    distributed.started()  # multi-host: processes agree on settings, seeds, models and data
+    # host steps gain nothing from long chunks: return to the loop (progress, saves) after every log
+    options = options.replace(chunk_forward_passes=plan.log_every)
+    out = drive(state, chunk, lambda _state: first_log, plan, options, identity=identity or {}, runs=len(seeds), start=start,
+                saved=SAVED, headline=task.headline_metric)
+    best = np.stack([bank.materialise(a.recipes[a.best_index]) for a in out.state.archives])
+    memory = recipes.archive_memory(bank, out.state.archives[0])
+    return RunResult("recipes", seeds, out.forward_passes, out.metrics, out.wall_seconds, config.to_dict(), best,
+                     extra={"execution": {"archive": "recipes", "platform": jax.default_backend(),
+                                           "processes": distributed.process_count()},
+                            "archive_memory": {k: (round(v, 3) if isinstance(v, float) else int(v))
+                                               for k, v in memory.items()}}, task=task.name)

@@ -9,7 +9,6 @@ chunks can show progress and save checkpoints between them.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import flax.struct
@@ -207,66 +206,36 @@ def archive_metrics(task: Task, archive: strategy.ArchiveState) -> dict:
 
 
 def make_chunk(config: M2N2Config, task: Task, steps_per_log: int, eval_batch_size: int, mesh=None):
-    """jit(state, num_logs) -> (state, metrics [num_logs, R]): scan over log intervals.
+    """jit(state, num_logs, steps_per_log=steps_per_log) -> (state, metrics [num_logs, R]).
 
+    The scan over log intervals is chunk_loop.scan_logs, shared with every method.
     With a "runs" mesh every device advances its own runs with no
     communication; with a "children" mesh the children of each step are
     sharded (see device_mesh).
     """
+    from .chunk_loop import scan_logs
+
     by_runs = mesh is not None and mesh.axis_names == ("runs",)
     step = make_step(config, task, eval_batch_size, None if by_runs else mesh)
-
-    def interval(state, _):
-        state = jax.lax.fori_loop(0, steps_per_log, lambda _, s: step(s), state)
-        return state, archive_metrics(task, state.archive)
-
-    def scan_chunk(state: RunsState, num_logs: int):
-        return jax.lax.scan(interval, state, None, length=num_logs)
+    scan_chunk = scan_logs(step, lambda state: archive_metrics(task, state.archive))
 
     if not by_runs:
-        chunk = jax.jit(scan_chunk, static_argnums=1)
-        return chunk if mesh is None else (lambda state, num_logs: chunk(replicate(state, mesh), num_logs))
+        jitted = jax.jit(scan_chunk, static_argnums=(1, 2))
+
+        def chunk(state: RunsState, num_logs: int, steps: int = steps_per_log):
+            return jitted(state if mesh is None else replicate(state, mesh), num_logs, steps)
+
+        return chunk
 
     from jax.sharding import PartitionSpec as P
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def chunk_by_runs(state: RunsState, num_logs: int):
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def chunk_by_runs(state: RunsState, num_logs: int, steps: int):
         spec = runs_spec(state)
-        local = jax.shard_map(functools.partial(scan_chunk, num_logs=num_logs), mesh=mesh, in_specs=(spec,),
-                              out_specs=(spec, P(None, "runs")), check_vma=False)
+        local = jax.shard_map(functools.partial(scan_chunk, num_logs=num_logs, steps_per_log=steps), mesh=mesh,
+                              in_specs=(spec,), out_specs=(spec, P(None, "runs")), check_vma=False)
         return local(state)
 
-    return lambda state, num_logs: chunk_by_runs(shard_runs(state, mesh), num_logs)
+    return lambda state, num_logs, steps=steps_per_log: chunk_by_runs(shard_runs(state, mesh), num_logs, steps)
 
 
-def plan_logging(forward_passes: int, children_per_step: int, log_every: int | None):
-    """(total steps, steps per log interval), validating the budget."""
-    batch = children_per_step
-    if not isinstance(forward_passes, int) or forward_passes <= 0:
-        raise ConfigError(f"the forward-pass budget must be a positive integer (got {forward_passes!r}).")
-    if forward_passes % batch:
-        raise ConfigError(
-            f"the forward-pass budget {forward_passes} is not a multiple of the batch of "
-            f"{batch} children per step; use {forward_passes - forward_passes % batch or batch} "
-            f"or {forward_passes + batch - forward_passes % batch}.")
-    steps = forward_passes // batch
-    if log_every is None:
-        target = max(1, steps // 500)
-        steps_per_log = max(d for d in range(1, target + 1) if steps % d == 0)
-    else:
-        if log_every <= 0 or log_every % batch or forward_passes % log_every:
-            raise ConfigError(
-                f"--log-every {log_every} must be a positive multiple of the batch ({batch}) "
-                f"that divides the budget ({forward_passes}).")
-        steps_per_log = log_every // batch
-    return steps, steps_per_log
-
-
-def chunk_sizes(num_logs: int, logs_per_chunk: int) -> list[int]:
-    """Split num_logs into equal chunks (a divisor, so one compiled program)."""
-    size = max(d for d in range(1, max(1, min(logs_per_chunk, num_logs)) + 1) if num_logs % d == 0)
-    return [size] * (num_logs // size)
-
-
-def logs_per_chunk_for(steps_per_log: int, children: int, chunk_forward_passes: int) -> int:
-    return max(1, math.ceil(chunk_forward_passes / max(1, steps_per_log * children)))

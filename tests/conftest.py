@@ -28,3 +28,47 @@ def digits():
     from m2n2_jax.tasks import digits_task
 
     return digits_task()
+
+
+# ---- shared CLI helpers ---------------------------------------------------------------------------
+
+def run_cli(*args, env=None, cwd=None):
+    """A real `m2n2` process (for end-to-end checks: exit status, no traceback), using this checkout."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "m2n2_jax", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": path, **(env or {})})
+
+
+class CliResult:
+    def __init__(self, returncode, out, stderr):
+        self.returncode, self.out, self.stderr = returncode, out, stderr
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """The CLI's main() in this process (fast: no new interpreter per case)."""
+    from m2n2_jax import cli
+
+    def run(*args, env=None):
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def assert_one_line_error(res, needle):
+    """Exit status 2 and one line on stderr naming the problem, no traceback."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr
+    assert needle in lines[0], lines[0]

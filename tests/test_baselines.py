@@ -53,9 +53,8 @@ def test_es_maximises_training_accuracy(method):
 
 
 def test_full_cma_es_interrupted_in_its_second_run_resumes_to_the_same_result(tmp_path):
-    import dataclasses
-
-    from m2n2_jax.chunk_loop import Checkpointing, Interrupted
+    from m2n2_jax.chunk_loop import Interrupted, RunOptions
+    from m2n2_jax.errors import ConfigError
 
     task, kw = positive_task(), dict(log_every=100, eigen_every=4)
     full = run_es("cma-es", task, [5, 6], 400, **kw)
@@ -66,19 +65,19 @@ def test_full_cma_es_interrupted_in_its_second_run_resumes_to_the_same_result(tm
         if len(calls) == 6:  # run 1: 100..400, run 2: 100, 200
             raise KeyboardInterrupt
 
-    checkpointing = Checkpointing(str(tmp_path), every=100)
     with pytest.raises(Interrupted, match="at 600 forward passes"):
-        run_es("cma-es", task, [5, 6], 400, progress=stop_in_second_run, checkpointing=checkpointing, **kw)
+        run_es("cma-es", task, [5, 6], 400, options=RunOptions.saving(str(tmp_path), every=100,
+                                                                      progress=stop_in_second_run), **kw)
     seen = []
-    resumed = run_es("cma-es", task, [5, 6], 400, progress=lambda done, total, last: seen.append(done),
-                     checkpointing=dataclasses.replace(checkpointing, resume=True), **kw)
+    resumed = run_es("cma-es", task, [5, 6], 400, options=RunOptions.saving(
+        str(tmp_path), every=100, resume=True, progress=lambda done, total, last: seen.append(done)), **kw)
     assert seen == [300, 400]  # only the rest of the second run was computed
     assert resumed.forward_passes == full.forward_passes
     for name in full.metrics:
         np.testing.assert_array_equal(resumed.metrics[name], full.metrics[name])
     np.testing.assert_array_equal(resumed.best, full.best)
-    with pytest.raises(Exception, match="seeds"):
-        run_es("cma-es", task, [5, 7], 400, checkpointing=dataclasses.replace(checkpointing, resume=True), **kw)
+    with pytest.raises(ConfigError, match=r"seeds \(checkpoint \[5, 6\], now \[5, 7\]\)"):
+        run_es("cma-es", task, [5, 7], 400, options=RunOptions.saving(str(tmp_path), every=100, resume=True), **kw)
 
 
 def test_full_cma_es_improves_and_decomposes_lazily():
@@ -193,6 +192,22 @@ def test_brute_force_picks_the_best_ratio_like_a_numpy_loop(small_digits):
     assert res.metrics["test_accuracy"][0, -1] == pytest.approx(float(small_digits.metrics(merged)["test_accuracy"]))
     with pytest.raises(ConfigError, match="pre-trained"):
         brute_force.run_brute_force(small_digits, [0], count)
+
+
+def test_brute_force_reports_the_tasks_own_metrics():
+    """A task without test_accuracy (a custom task, llm-exact-match's test_exact_match) gets its own metrics."""
+    from m2n2_jax.tasks import custom_task
+
+    task = custom_task("exact", {"w": jnp.zeros(8)}, lambda p: (p["w"] > 0).astype(jnp.float32),
+                       lambda p: {"test_exact_match": jnp.mean(p["w"] > 0.5), "norm": jnp.linalg.norm(p["w"])})
+    a, b = np.linspace(-1.0, 1.0, 8), np.linspace(1.0, -0.5, 8)
+    res = brute_force.run_brute_force(task, [0, 1], 101, seed_models=np.stack([a, b]))
+    assert set(res.metrics) == {"test_exact_match", "norm", "best_train_score"}
+    for run in res.best:  # every run reports the same model: its metrics, recomputed with numpy
+        assert res.metrics["test_exact_match"][0, -1] == pytest.approx(np.mean(run > 0.5))
+        assert res.metrics["norm"][0, -1] == pytest.approx(np.linalg.norm(run), rel=1e-5)
+        assert res.metrics["best_train_score"][0, -1] == pytest.approx(np.mean(run > 0))
+    assert task.headline_metric == "test_exact_match"
 
 
 def test_full_cma_es_runs_with_single_threaded_blas():

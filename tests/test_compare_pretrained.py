@@ -1,15 +1,14 @@
 """Pre-trained pair cache, the methods registry and the compare report (run and --from)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from m2n2_jax import compare, pretrained, results
+from m2n2_jax import pretrained, results
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.methods import check_method
+from m2n2_jax.methods import check as check_method
+from conftest import run_cli
 
 
 def test_pretrained_pair_is_trained_once_then_read_from_cache(tmp_path, monkeypatch):
@@ -49,11 +48,6 @@ def _fake_record(method, seeds, offset):
     return results.results_record(method=method, task="digits", seeds=seeds, forward_passes=fps,
                                   metrics={"test_accuracy": acc}, wall_seconds=3.0,
                                   config={"init": "scratch"}, extra={"peak_rss_mb": 512.0})
-
-
-def run_cli(*args):
-    env = {**os.environ, "PYTHONPATH": compare.package_root()}
-    return subprocess.run([sys.executable, "-m", "m2n2_jax", *args], capture_output=True, text=True, env=env)
 
 
 def test_compare_from_redraws_a_report(tmp_path):

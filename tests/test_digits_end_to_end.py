@@ -1,12 +1,11 @@
 """A short real digits run improves clearly over its seeds; the CLI writes its files."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
 from m2n2_jax import evolve, method_config
+from conftest import run_cli
 
 
 def test_short_digits_run_improves_clearly_over_seeds(digits):
@@ -16,10 +15,6 @@ def test_short_digits_run_improves_clearly_over_seeds(digits):
     assert np.all(acc[:, 0] < 0.35)  # random N(0, 0.01^2) seeds
     assert np.all(acc[:, -1] > acc[:, 0] + 0.2) and acc[:, -1].mean() > 0.5, acc[:, -1]
     assert np.all(res.metrics["best_train_score"][:, -1] >= res.metrics["best_train_score"][:, 0])
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "m2n2_jax", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_cli_evolve_writes_results_and_plot(tmp_path):
@@ -34,13 +29,12 @@ def test_cli_evolve_writes_results_and_plot(tmp_path):
     assert rec["final_test_accuracy"] == [c[-1] for c in rec["test_accuracy"]]
     assert rec["config"]["alpha"] == 0.0 and rec["config"]["use_attraction"] is False
     assert rec["wall_seconds"] > 0
-    # the CLI splits a CPU into one device per core (at most 8), then shards 2 runs x 4 children
-    # by runs if that keeps as many devices busy as sharding the children
-    devices = min(os.cpu_count() or 1, 8)
-    by_runs = max(n for n in range(1, devices + 1) if 2 % n == 0)
-    by_children = max(n for n in range(1, devices + 1) if 8 % n == 0)
-    want = (1, None) if by_children == 1 else (by_children, "runs" if by_runs == by_children else "children")
-    assert (rec["execution"]["devices"], rec["execution"]["sharding"]) == want
+    # the CLI splits a CPU into one device per core (at most 8) and shards 2 runs x 4 children over
+    # them (docs/multi-device.md): whole runs per device when that keeps as many devices busy, else
+    # the 8 children of a step; devices that cannot share the work evenly stay idle. Worked out by hand:
+    expected = {1: (1, None), 2: (2, "runs"), 3: (2, "runs"), 4: (4, "children"), 5: (4, "children"),
+                6: (4, "children"), 7: (4, "children"), 8: (8, "children")}
+    assert (rec["execution"]["devices"], rec["execution"]["sharding"]) == expected[min(os.cpu_count() or 1, 8)]
     assert rec["execution"]["eval_batch_size"] == 1
     assert (out / "curves.png").stat().st_size > 1000
     assert np.load(out / "best_models.npz")["best_vectors"].shape == (2, 19210)

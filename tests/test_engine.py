@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2n2_jax import M2N2, M2N2Config, VectorLayout, runner
+from m2n2_jax import M2N2, M2N2Config, VectorLayout, runner, strategy
+from m2n2_jax.budget import plan_budget
 from m2n2_jax.errors import ConfigError, ScoreFunctionError, SeedModelError
 
 
@@ -122,7 +123,7 @@ def test_score_validation_and_config_validation():
     with pytest.raises(ConfigError, match="children_per_step=1"):
         M2N2Config(key_order="reference", children_per_step=2)
     with pytest.raises(ConfigError, match="multiple of the batch"):
-        runner.plan_logging(1001, 4, None)
+        plan_budget(1001, 4, None)
 
 
 def test_api_with_user_pytree_model_solves_a_toy_task():

@@ -13,39 +13,7 @@ from m2n2_jax import M2N2, M2N2Config, cli
 from m2n2_jax.errors import DataError, SeedModelError
 from m2n2_jax.tasks import get_task
 from m2n2_jax.tasks.mnist import read_idx
-
-
-def run_cli(*args, env=None):
-    """A real CLI process (for the end-to-end checks: exit status, no traceback)."""
-    return subprocess.run([sys.executable, "-m", "m2n2_jax", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-
-
-class Result:
-    def __init__(self, returncode, stderr):
-        self.returncode, self.stderr = returncode, stderr
-
-
-@pytest.fixture
-def run_main(capsys, monkeypatch):
-    """The CLI's main() in this process (fast: no new interpreter per case)."""
-    def run(*args, env=None):
-        for k, v in (env or {}).items():
-            monkeypatch.setenv(k, v)
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code
-        return Result(code, capsys.readouterr().err)
-    return run
-
-
-def assert_one_line_error(proc, needle):
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1, proc.stderr
-    assert needle in lines[0], lines[0]
+from conftest import run_cli, assert_one_line_error
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -56,7 +24,9 @@ def assert_one_line_error(proc, needle):
     (["--seed", "-1"], "expected an integer >= 0"),
     (["--archive-size", "1"], "archive_size must be an integer >= 2"),
     (["--forward-passes", "1001", "--batch", "4"], "not a multiple of the batch"),
-    (["--forward-passes", "1000", "--log-every", "300"], "--log-every 300"),
+    (["--forward-passes", "1000", "--batch", "4", "--log-every", "6"], "--log-every 6 must be a positive multiple"),
+    (["--method", "cma-es", "--alpha", "0.5"], "cma-es does not take --alpha"),
+    (["--method", "cma-es", "--forward-passes", "30"], "multiple of the batch of 20"),
     (["--key-order", "reference", "--batch", "2"], "children_per_step=1"),
     (["--alpha", "nan"], "expected a finite number >= 0"),
     (["--devices", "64"], "only 1 local device"),
@@ -183,3 +153,16 @@ def test_unknown_matmul_precision_names_the_choices():
 
     with pytest.raises(ConfigError, match="unknown matmul precision 'int8'; choose one of: float32, bfloat16"):
         get_task("digits", matmul_precision="int8")
+
+
+def test_cpu_devices_flag_reaches_jax_but_not_the_environment(monkeypatch):
+    """--cpu-devices sets XLA_FLAGS only while JAX starts: later processes and user code see it unchanged."""
+    code = ("import os; from m2n2_jax import cli; cli.expose_cpu_devices(3); import jax; "
+            "print(jax.device_count(), os.environ.get('XLA_FLAGS'))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "None"]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    cli.expose_cpu_devices(4)  # JAX is up in this process: nothing to do, nothing changed
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"

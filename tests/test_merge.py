@@ -13,33 +13,10 @@ from m2n2_jax import cli, model_files
 from m2n2_jax.errors import DataError, ScoreFunctionError, SeedModelError
 from m2n2_jax.merge_models import describe_models
 from m2n2_jax.tasks import custom_task, digits_task
+from conftest import assert_one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = os.path.join(ROOT, "examples", "digits_cnn.py")
-
-
-class Result:
-    def __init__(self, returncode, out, err):
-        self.returncode, self.out, self.stderr = returncode, out, err
-
-
-@pytest.fixture
-def run_main(capsys):
-    def run(*args):
-        try:
-            code = cli.main([str(a) for a in args])
-        except SystemExit as exit_:
-            code = exit_.code
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-    return run
-
-
-def assert_one_line_error(res, needle):
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr
-    assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +65,8 @@ def test_model_file_errors_name_the_problem(tmp_path, small_task):
     (tmp_path / "m.pt").write_bytes(b"")
     with pytest.raises(DataError, match="unknown model format '.pt'"):
         model_files.load_model(str(tmp_path / "m.pt"), bigger)
-    (tmp_path / "bad.msgpack").write_bytes(b"\x00not msgpack at all")
-    with pytest.raises((DataError, SeedModelError)):
+    (tmp_path / "bad.msgpack").write_bytes(b"\xc1\xc1")  # 0xc1 is a byte msgpack never uses
+    with pytest.raises(DataError, match="bad.msgpack: cannot read it as a msgpack model"):
         model_files.load_model(str(tmp_path / "bad.msgpack"), small_task.layout)
 
 
@@ -106,6 +83,23 @@ def test_custom_task_checks_and_headline():
     assert task.headline_metric == "held_out" and task.num_datapoints == 3 and task.num_params == 3
     np.testing.assert_allclose(task.score_vector(jnp.asarray([1.0, 2.0, 3.0])), [1.0, 2.0, 3.0])
     assert custom_task("t", params, lambda p: x @ p["w"]).headline_metric == "best_train_score"
+
+
+def test_a_task_built_directly_leads_with_a_metric_it_has():
+    """Task.headline_metric used to default to test_accuracy even for tasks that do not log it."""
+    from m2n2_jax.flatten import VectorLayout
+    from m2n2_jax.tasks.base import Task
+
+    layout = VectorLayout.of(jnp.zeros(3))
+
+    def make(metrics):
+        return Task(name="t", layout=layout, num_datapoints=3, score_vector=lambda v: v, metrics=metrics,
+                    random_seed=lambda key: jnp.zeros(3))
+
+    assert make(lambda v: {"test_exact_match": jnp.mean(v), "x": 0.0}).headline_metric == "test_exact_match"
+    assert make(lambda v: {"x": 0.0, "test_accuracy": jnp.mean(v)}).headline_metric == "test_accuracy"
+    assert make(lambda v: {}).headline_metric == "best_train_score"
+    assert make(lambda v: {"zeta": jnp.mean(v), "alpha": 0.0}).headline_metric == "zeta"  # as returned, not sorted
 
 
 # ---- m2n2 merge --------------------------------------------------------------------------------
@@ -189,12 +183,12 @@ def test_merge_resume_equals_uninterrupted_and_refuses_other_models(run_main, tm
 @pytest.mark.parametrize("extra,needle", [
     ([], "at least two model files (got 1)"),
     (["B", "--method", "cma-es"], "'cma-es' cannot merge given models"),
-    (["B", "B", "--method", "brute-force"], "exactly two models (got 3)"),
+    (["B", "B", "--method", "brute-force"], "brute-force merges exactly 2 models (got 3)"),
     (["B", "--hidden", "16"], "params/Dense_0/bias has shape (256,)"),
     (["B", "--task-arg", "x=1"], "--task-arg is for task plugins"),
     (["B", "--task", "no_such_module_xyz:make"], "cannot import module 'no_such_module_xyz'"),
     (["B", "--task", f"{PLUGIN}:nope"], "has no function 'nope'"),
-    (["B", "--task", f"{PLUGIN}:make_task", "--task-arg", "bogus=1"], "check the --task-arg names"),
+    (["B", "--task", f"{PLUGIN}:make_task", "--task-arg", "bogus=1"], "unexpected keyword argument 'bogus'; it takes"),
     (["B", "--task", f"{PLUGIN}:make_task", "--hidden", "4"], "--hidden configure the built-in tasks"),
 ])
 def test_merge_mistakes_end_in_one_line(run_main, tmp_path, digits_pair, extra, needle):
@@ -202,6 +196,18 @@ def test_merge_mistakes_end_in_one_line(run_main, tmp_path, digits_pair, extra, 
     extra = [paths[1] if e == "B" else e for e in extra]
     res = run_main("merge", paths[0], *extra, "--forward-passes", 20, "--out", tmp_path / "o", "--quiet")
     assert_one_line_error(res, needle)
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_an_error_inside_a_plugin_is_reported_as_the_plugins_own(tmp_path):
+    """A TypeError raised by the plugin's code is not a --task-arg naming problem: its traceback is kept."""
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("def make(scale=1):\n    return len(scale)  # a bug in the user's code: TypeError\n")
+    with pytest.raises(TypeError, match="has no len") as info:
+        cli.main(["evolve", "--task", f"{plugin}:make", "--task-arg", "scale=2", "--out", str(tmp_path / "o"),
+                  "--quiet"])
+    assert any("raised inside the task plugin" in note for note in info.value.__notes__)
+    assert info.traceback[-1].name == "make"  # the traceback ends in the plugin's own line
 
 
 def test_plugin_task_merges_own_flax_models(run_main, tmp_path):

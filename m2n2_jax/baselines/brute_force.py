@@ -16,9 +16,9 @@ import numpy as np
 
 from .. import crossover as xo
 from .. import runner
+from ..chunk_loop import RunResult
 from ..errors import ConfigError
 from ..tasks.base import Task
-from .driver import BaselineResult
 
 RATIOS = 10_000
 
@@ -42,9 +42,10 @@ def search(task: Task, a, b, count: int = RATIOS, eval_batch_size: int = 4):
     return ratios, acc, jnp.argmax(acc)
 
 
-def run_brute_force(task: Task, seeds: Sequence[int], forward_passes: int = RATIOS, *, seed_models=None,
-                    progress=False) -> BaselineResult:
-    """Search ``forward_passes`` ratios between the two pre-trained models; a flat line per run."""
+def run_brute_force(task: Task, seeds: Sequence[int], forward_passes: int = RATIOS, *,
+                    seed_models=None) -> RunResult:
+    """Search ``forward_passes`` ratios between the two pre-trained models; a flat line per run
+    of every metric the task reports for the best ratio's model."""
     if seed_models is None:
         raise ConfigError("brute-force searches SLERP ratios between two pre-trained models; pass --init pretrained.")
     seed_models = np.asarray(seed_models)
@@ -57,11 +58,12 @@ def run_brute_force(task: Task, seeds: Sequence[int], forward_passes: int = RATI
     ratios, acc, best = search(task, seed_models[0], seed_models[1], forward_passes)
     best_t = float(ratios[best])
     merged = xo.slerp(jnp.asarray(seed_models[0]), jnp.asarray(seed_models[1]), best_t)
-    test = float(task.metrics(merged)["test_accuracy"])
+    reported = {k: float(v) for k, v in task.metrics(merged).items()}
     wall = time.perf_counter() - start
     runs = len(seeds)
-    metrics = {"test_accuracy": np.full((runs, 2), test), "best_train_score": np.full((runs, 2), float(acc[best]))}
+    metrics = {k: np.full((runs, 2), v) for k, v in reported.items()}
+    metrics["best_train_score"] = np.full((runs, 2), float(acc[best]))
     config = {"method": "brute-force", "ratios": forward_passes, "grid": "t_i = i / (K - 1), SLERP(A, B; t)",
               "note": "deterministic: every run is the same reference line"}
-    return BaselineResult("brute-force", seeds, [0, forward_passes], metrics, wall, config,
-                          np.tile(np.asarray(merged), (runs, 1)), extra={"best_ratio": round(best_t, 6)})
+    return RunResult("brute-force", seeds, [0, forward_passes], metrics, wall, config,
+                     np.tile(np.asarray(merged), (runs, 1)), extra={"best_ratio": round(best_t, 6)}, task=task.name)

@@ -29,13 +29,12 @@ from evosax.algorithms import CMA_ES, LM_MA_ES, Open_ES, Sep_CMA_ES, SimpleGA
 from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 
 from .. import runner
+from ..budget import plan_budget
+from ..chunk_loop import RunOptions, RunResult, Saved, baseline_identity, drive_steps, latest_meta
 from ..errors import ConfigError
 from ..tasks.base import Task
-from ..checkpoint import RunCheckpointer
-from ..chunk_loop import Checkpointing, check_identity
-from .driver import BaselineResult, baseline_identity, drive
 
-POPULATION = 20
+from ..methods import EVOSAX_POPULATION as POPULATION  # the method table holds it
 START_STD = 0.01
 CMA_CHUNK_FORWARD_PASSES = 200  # full CMA-ES: time every 10 generations
 
@@ -67,13 +66,13 @@ class LazyCMA_ES(CMA_ES):
 
 @dataclasses.dataclass(frozen=True)
 class ESSpec:
-    """An evosax strategy with the settings used here."""
+    """An evosax strategy with the settings used here (read from the method table, m2n2_jax.methods)."""
 
-    build: Callable[[int, jax.Array], object]  # (population, solution) -> strategy
+    strategy: str                  # the evosax class: CMA_ES (lazy, below), Sep_CMA_ES, LM_MA_ES, Open_ES, SimpleGA
     sigma: float
     about: str
-    batched: bool = True
-    population_based: bool = False
+    batched: bool = True           # all runs in one vmapped program (full CMA-ES: one run after another)
+    population_based: bool = False  # starts from a population (SimpleGA), not a mean
 
 
 def _open_es(pop, sol, sigma=0.01, lr=0.003):
@@ -84,18 +83,15 @@ def _simple_ga(pop, sol, sigma=0.01):
     return SimpleGA(pop, sol, std_schedule=optax.constant_schedule(sigma))
 
 
-ES_METHODS: dict[str, ESSpec] = {
-    "cma-es": ESSpec(lambda p, s: LazyCMA_ES(p, s), 0.01,
-                     "full-covariance CMA-ES (evosax CMA_ES, lazy eigendecomposition), sigma 0.01 as the paper",
-                     batched=False),
-    "sep-cma-es": ESSpec(lambda p, s: Sep_CMA_ES(p, s), 0.01, "diagonal CMA-ES (evosax Sep_CMA_ES), sigma 0.01"),
-    "lm-ma-es": ESSpec(lambda p, s: LM_MA_ES(p, s), 0.01,
-                       "limited-memory MA-ES (evosax LM_MA_ES, 33 direction vectors), sigma 0.01"),
-    "open-es": ESSpec(_open_es, 0.01, "OpenAI-ES (evosax Open_ES), fixed sigma 0.01, Adam lr 0.003, "
-                      "antithetic sampling, centred ranks"),
-    "simple-ga": ESSpec(_simple_ga, 0.01, "evosax SimpleGA: truncation (top 10 of 20), no crossover, "
-                        "Gaussian mutation std 0.01 (M2N2's mutation)", population_based=True),
-}
+def spec_of(method: str) -> ESSpec:
+    """The settings of an evosax method of the method table."""
+    from ..methods import get, names
+
+    entry = get(method)
+    if entry.family != "evosax":
+        raise ConfigError(f"{method} is not an evosax strategy; choose one of: "
+                          f"{', '.join(names(lambda m: m.family == 'evosax'))}.")
+    return ESSpec(about=entry.about, **entry.setup)
 
 
 @flax.struct.dataclass
@@ -118,23 +114,18 @@ def single_thread_blas():
         yield
 
 
-def build(method: str, num_params: int, sigma: float | None = None, **options):
+def build(method: str, num_params: int, sigma: float | None = None, eigen_every: int | None = None):
     """(strategy, params, spec) for a named ES method on D = num_params."""
-    if method not in ES_METHODS:
-        raise ConfigError(f"unknown evosax method {method!r}; choose one of: {', '.join(ES_METHODS)}.")
-    spec = ES_METHODS[method]
+    spec = spec_of(method)
     sigma = spec.sigma if sigma is None else float(sigma)
     if not sigma > 0:
         raise ConfigError(f"sigma must be > 0 (got {sigma}); the paper uses 0.01.")
     solution = jnp.zeros((num_params,), jnp.float32)
-    if method == "open-es":
-        es = _open_es(POPULATION, solution, sigma)
-    elif method == "simple-ga":
-        es = _simple_ga(POPULATION, solution, sigma)
-    elif method == "cma-es":
-        es = LazyCMA_ES(POPULATION, solution, eigen_every=options.get("eigen_every"))
-    else:
-        es = spec.build(POPULATION, solution)
+    es = {"CMA_ES": lambda: LazyCMA_ES(POPULATION, solution, eigen_every=eigen_every),
+          "Sep_CMA_ES": lambda: Sep_CMA_ES(POPULATION, solution),
+          "LM_MA_ES": lambda: LM_MA_ES(POPULATION, solution),
+          "Open_ES": lambda: _open_es(POPULATION, solution, sigma),
+          "SimpleGA": lambda: _simple_ga(POPULATION, solution, sigma)}[spec.strategy]()
     params = es.default_params
     if hasattr(params, "std_init"):
         params = params.replace(std_init=jnp.asarray(sigma, jnp.float32))
@@ -194,35 +185,31 @@ def make_log(task: Task, batched: bool):
     return lambda runs: jax.tree.map(lambda v: v[None], one(runs.es))
 
 
-def _finished_full_cma_runs(checkpointing: Checkpointing, identity: dict):
+def _finished_full_cma_runs(options: RunOptions, identity: dict):
     """(finished runs {metrics, best, chunk_seconds}, index of the run to continue, its logs done)
     from the newest full CMA-ES checkpoint; nothing finished when not resuming."""
-    nothing = {"metrics": [], "best": [], "chunk_seconds": []}
-    if not checkpointing.resume:
-        return nothing, 0, 0
-    checkpointer = RunCheckpointer(checkpointing.directory)
-    try:
-        meta = checkpointer.latest_meta()
-    finally:
-        checkpointer.close()
-    check_identity(meta["identity"], identity)
+    if not options.checkpointing.resume:
+        return {"metrics": [], "best": [], "chunk_seconds": []}, 0, 0
+    meta = latest_meta(options.checkpointing.directory, identity)
     return meta["finished_runs"], int(meta["run_index"]), int(meta["done_logs"])
 
 
 def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *,
-           log_every: int | None = None, sigma: float | None = None, eval_batch_size: int = 2,
-           progress=False, eigen_every: int | None = None, checkpointing: Checkpointing = Checkpointing(),
-           identity_extra: dict | None = None) -> BaselineResult:
+           log_every: int | None = None, sigma: float | None = None, eigen_every: int | None = None,
+           options: RunOptions = RunOptions()) -> RunResult:
     """R = len(seeds) runs of an evosax strategy for ``forward_passes`` evaluations each.
 
-    checkpointing: save and resume as the engine does. Full CMA-ES runs one run
-    at a time; its checkpoints hold the current run's state and the finished runs' results.
+    options: progress, checkpoints (saved and resumed as the engine does; full CMA-ES
+    runs one run at a time, its checkpoints hold the current run's state and the
+    finished runs' results) and the evaluation batch (default 2).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("at least one run is needed; pass --runs 1 or more.")
     if forward_passes % POPULATION:
         raise ConfigError(f"the budget {forward_passes} must be a multiple of the population ({POPULATION}).")
+    plan = plan_budget(forward_passes, POPULATION, log_every)
+    eval_batch_size = options.eval_batch_size or 2
     start = time.perf_counter()
     es, params, spec = build(method, task.num_params, sigma, eigen_every=eigen_every)
     used_sigma = spec.sigma if sigma is None else float(sigma)
@@ -235,22 +222,19 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
     log = make_log(task, spec.batched)
     if spec.batched:
         state = jax.jit(jax.vmap(lambda s: init_run(es, params, spec, task, s)))(jnp.asarray(seeds, jnp.uint32))
-        identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
-        fps, metrics, wall, state = drive(state, step, log, forward_passes=forward_passes, fp_per_step=POPULATION,
-                                          log_every=log_every, progress=progress, runs=len(seeds), start=start,
-                                          checkpointing=checkpointing, identity=identity)
-        best = np.asarray(state.es.best_solution)
-        return BaselineResult(method, seeds, fps, metrics, wall, config, best)
+        identity = baseline_identity(config, task, seeds, forward_passes, log_every, options.identity_extra)
+        out = drive_steps(state, step, log, plan, options, identity=identity, runs=len(seeds), start=start)
+        best = np.asarray(out.state.es.best_solution)
+        return RunResult(method, seeds, out.forward_passes, out.metrics, out.wall_seconds, config, best,
+                         task=task.name)
     # Full CMA-ES: one run at a time (a D x D state each; lax.cond stays a real branch). Checkpoints of
     # all runs share one directory: steps run_index * budget + fp, the finished runs' curves and best
     # models in the JSON item, and only the newest two kept (each holds D x D matrices).
-    identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
-    done_runs, start_index, resume_logs = _finished_full_cma_runs(checkpointing, identity)
+    identity = baseline_identity(config, task, seeds, forward_passes, log_every, options.identity_extra)
+    done_runs, start_index, resume_logs = _finished_full_cma_runs(options, identity)
     per_run = [{k: np.asarray(v, np.float32) for k, v in m.items()} for m in done_runs["metrics"]]
     bests = [np.asarray(b, np.float32) for b in done_runs["best"]]
     chunk_seconds = [list(c) for c in done_runs["chunk_seconds"]]
-    steps, steps_per_log = runner.plan_logging(forward_passes, POPULATION, log_every)
-    fps = [i * steps_per_log * POPULATION for i in range(steps // steps_per_log + 1)]
     with single_thread_blas():
         for index, seed in enumerate(seeds):
             if index < start_index:
@@ -260,19 +244,20 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
 
             def timer(done, total, last, _stamps=stamps):
                 _stamps.append((done, time.perf_counter()))
-                if callable(progress):
-                    progress(done, total, last)
+                if callable(options.progress):
+                    options.progress(done, total, last)
 
-            run_checkpointing = dataclasses.replace(
-                checkpointing, keep=2, resume=checkpointing.resume and index == start_index and resume_logs > 0)
+            checkpointing = options.checkpointing
+            run_options = options.replace(progress=timer, chunk_forward_passes=CMA_CHUNK_FORWARD_PASSES,
+                                          checkpointing=dataclasses.replace(
+                                              checkpointing, keep=2,
+                                              resume=checkpointing.resume and index == start_index and resume_logs > 0))
             extra_meta = {"run_index": index, "finished_runs": {
                 "metrics": [{k: v.tolist() for k, v in m.items()} for m in per_run],
                 "best": [b.tolist() for b in bests], "chunk_seconds": chunk_seconds}}
-            _, metrics, _, state = drive(state, step, log, forward_passes=forward_passes, fp_per_step=POPULATION,
-                                         log_every=log_every, progress=timer, runs=1,
-                                         chunk_forward_passes=CMA_CHUNK_FORWARD_PASSES,
-                                         checkpointing=run_checkpointing, identity=identity,
-                                         step_offset=index * forward_passes, extra_meta=extra_meta)
+            out = drive_steps(state, step, log, plan, run_options, identity=identity, runs=1,
+                              step_offset=index * forward_passes, saved=Saved(meta=lambda _s, m=extra_meta: m))
+            metrics, state = out.metrics, out.state
             chunk_seconds.append([round((t1 - t0) / ((d1 - d0) // POPULATION), 3)
                                   for (d0, t0), (d1, t1) in zip(stamps, stamps[1:])])
             per_run.append(metrics)
@@ -285,4 +270,5 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
              "seconds_per_generation_steady": round(float(np.median(steady)), 3) if steady else None,
              "generations_per_chunk": CMA_CHUNK_FORWARD_PASSES // POPULATION,
              "eigendecompositions_per_run": (forward_passes // POPULATION - 1) // es.eigen_every}
-    return BaselineResult(method, seeds, fps, metrics, wall, config, np.stack(bests), extra=extra)
+    return RunResult(method, seeds, plan.log_points, metrics, wall, config, np.stack(bests), extra=extra,
+                     task=task.name)

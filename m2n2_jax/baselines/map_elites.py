@@ -33,8 +33,8 @@ from .. import runner
 from ..runner import run_start
 from ..errors import ConfigError
 from ..tasks.base import Task
-from ..chunk_loop import Checkpointing
-from .driver import BaselineResult, baseline_identity, drive
+from ..budget import plan_budget
+from ..chunk_loop import RunOptions, RunResult, baseline_identity, drive_steps
 
 BINS = 10
 
@@ -178,10 +178,9 @@ def make_log(task: Task):
 
 
 def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mutation_std: float = 0.01,
-                   seed_models=None, log_every: int | None = None, eval_batch_size: int | None = None,
-                   progress=False, bins: int = BINS, checkpointing: Checkpointing = Checkpointing(),
-                   identity_extra: dict | None = None, key_order: str = "engine",
-                   noise: str = "threefry") -> BaselineResult:
+                   seed_models=None, log_every: int | None = None, bins: int = BINS,
+                   options: RunOptions = RunOptions(), key_order: str = "engine",
+                   noise: str = "threefry") -> RunResult:
     """R = len(seeds) MAP-Elites runs, one child per run and step, vmapped together.
 
     key_order "reference" follows the authors' key splits (and their threefry noise).
@@ -200,7 +199,8 @@ def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mut
     if not seeds:
         raise ConfigError("at least one run is needed; pass --runs 1 or more.")
     start = time.perf_counter()
-    eval_batch_size = eval_batch_size or runner.default_eval_batch_size(len(seeds))
+    plan = plan_budget(forward_passes, 1, log_every)
+    eval_batch_size = options.eval_batch_size or runner.default_eval_batch_size(len(seeds))
     states = jax.jit(jax.vmap(lambda s: init_run(task, s, seed_models, bins)))(jnp.asarray(seeds, jnp.uint32))
     config = {"method": "map-elites", "grid": f"{bins}x{bins} over (odd-digit, even-digit) training accuracy",
               "quality": "training accuracy",
@@ -209,11 +209,9 @@ def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mut
               "crossover": "SLERP with a random split point", "mutation_std": mutation_std,
               "noise": noise, "key_order": key_order,
               "init": "pretrained" if seed_models is not None else "scratch"}
-    identity = baseline_identity(config, task, seeds, forward_passes, log_every, identity_extra)
+    identity = baseline_identity(config, task, seeds, forward_passes, log_every, options.identity_extra)
     step = make_step(task, mutation_std, eval_batch_size, bins, key_order, noise)
-    fps, metrics, wall, states = drive(states, step, make_log(task),
-                                       forward_passes=forward_passes, fp_per_step=1, log_every=log_every,
-                                       progress=progress, runs=len(seeds), start=start,
-                                       checkpointing=checkpointing, identity=identity)
-    best = np.asarray(jax.vmap(lambda s: s.params[s.best_index])(states))
-    return BaselineResult("map-elites", seeds, fps, metrics, wall, config, best)
+    out = drive_steps(states, step, make_log(task), plan, options, identity=identity, runs=len(seeds), start=start)
+    best = np.asarray(jax.vmap(lambda s: s.params[s.best_index])(out.state))
+    return RunResult("map-elites", seeds, out.forward_passes, out.metrics, out.wall_seconds, config, best,
+                     task=task.name)

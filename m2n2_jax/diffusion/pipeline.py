@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import method_config
+from ..methods import method_config, names
 from ..crossover import slerp
 from ..errors import ConfigError
 from ..flatten import VectorLayout
@@ -58,14 +58,11 @@ DEFAULT_SEEDS = (
              train.TrainConfig(steps=800, batch=64, lr=3e-3, time_sampling="logit-normal")),
 )
 
-# Method name -> (engine method, use groups). "one group" = one split point over the whole denoiser.
-METHODS = {
-    "m2n2": ("m2n2", True),
-    "m2n2-no-attraction": ("m2n2-no-attraction", True),
-    "m2n2-no-split-point": ("m2n2-no-split-point", True),
-    "m2n2-one-group": ("m2n2", False),
-    "ga": ("ga", True),
-}
+# Pipeline method -> (engine method, use groups): the registry's M2N2 family with parameter
+# groups, plus "-one-group" (one split point over the whole denoiser) for the grouping ablation.
+METHODS = {**{name: (name, True) for name in names(lambda m: m.family == "engine" and m.name in
+                                                    ("m2n2", "m2n2-no-attraction", "m2n2-no-split-point", "ga"))},
+           "m2n2-one-group": ("m2n2", False)}
 
 
 @dataclasses.dataclass(frozen=True)

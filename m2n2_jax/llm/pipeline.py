@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import crossover, merging, recipes
-from ..config import method_config
+from ..methods import method_config, names
 from ..errors import M2N2Error
 from ..flatten import VectorLayout
 from ..results import write_json
@@ -28,7 +28,7 @@ from .config import LlamaConfig
 from .tokenizer import WordTokenizer
 
 TASKS = ("math", "agent")
-M2N2_METHODS = ("m2n2", "m2n2-no-split-point", "m2n2-no-attraction", "ga")
+M2N2_METHODS = names(lambda m: m.pipeline_ablation)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,9 @@ class Task:
     groups: optional :class:`groups.GroupSpec` of the flat vector; crossover
         then draws one split point and ratio per group.
     headline_metric: the metric that result files, tables and plots lead
-        with ("test_accuracy" for the built-in classifiers).
+        with. Left out, it is read from ``metrics``' keys: "test_accuracy"
+        if there is one, else the first, else "best_train_score" (which every
+        method logs), so it always names a metric the runs log.
     """
 
     name: str
@@ -37,9 +39,37 @@ class Task:
     capacity: jax.Array | None = None
     train_labels: jax.Array | None = None
     info: dict = dataclasses.field(default_factory=dict)
-    headline_metric: str = "test_accuracy"
+    headline_metric: str | None = None
     groups: Any = None
+
+    def __post_init__(self):
+        if self.headline_metric is None:
+            object.__setattr__(self, "headline_metric", default_headline(self.metrics, self.layout))
 
     @property
     def num_params(self) -> int:
         return self.layout.size
+
+
+def metric_shapes(metrics: Callable, example) -> tuple[list[str], object]:
+    """(names in the order ``metrics`` returns them, their shapes), traced, not run.
+
+    ``jax.eval_shape`` alone would sort the names (dicts are pytrees with sorted keys).
+    """
+    names = []
+
+    def probe(x):
+        out = metrics(x)
+        if isinstance(out, dict):
+            names[:] = list(out)
+        return out
+
+    return names, jax.eval_shape(probe, example)
+
+
+def default_headline(metrics: Callable, layout: VectorLayout) -> str:
+    """The metric to lead with: test_accuracy if ``metrics`` has it, else its first, else best_train_score."""
+    names, _ = metric_shapes(metrics, jax.ShapeDtypeStruct((layout.size,), layout.dtype))
+    if "test_accuracy" in names:
+        return "test_accuracy"
+    return names[0] if names else "best_train_score"

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from ..errors import ConfigError, ScoreFunctionError
 from ..flatten import VectorLayout
-from .base import Task
+from .base import Task, metric_shapes
 
 
 def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Callable | None = None, *,
@@ -43,14 +43,14 @@ def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Calla
             "[N] with one score per datapoint.")
     headline = "best_train_score"
     if metrics_fn is not None:
-        metric_shapes = jax.eval_shape(metrics_fn, example_params)
-        if not isinstance(metric_shapes, dict) or not metric_shapes:
+        names, shapes = metric_shapes(metrics_fn, example_params)
+        if not isinstance(shapes, dict) or not shapes:
             raise ScoreFunctionError(f"task {name!r}: metrics_fn must return a non-empty dict of scalars "
-                                     f"(got {type(metric_shapes).__name__}).")
-        bad = [k for k, v in metric_shapes.items() if getattr(v, "shape", None) != ()]
+                                     f"(got {type(shapes).__name__}).")
+        bad = [k for k in names if getattr(shapes[k], "shape", None) != ()]
         if bad:
             raise ScoreFunctionError(f"task {name!r}: metrics {bad} are not scalars; return one number per metric.")
-        headline = next(iter(metric_shapes))
+        headline = names[0]  # the first the function returns (eval_shape alone would sort them)
 
     def score_vector(x):
         return jnp.asarray(score_fn(layout.unravel(x)), jnp.float32)
@@ -121,13 +121,33 @@ def takes_argument(factory: Callable, name: str) -> bool:
 
 
 def plugin_task(spec: str, factory: Callable | None = None, **kwargs) -> Task:
-    """Call the plugin's factory (loaded from ``spec`` unless given) with ``kwargs``; check that it made a Task."""
+    """Call the plugin's factory (loaded from ``spec`` unless given) with ``kwargs``; check that it made a Task.
+
+    Arguments the factory does not take are refused in one line naming the ones it
+    takes; an exception raised inside the factory is the plugin's own and propagates
+    with its traceback (and a note saying which plugin raised it).
+    """
+    import inspect
+
     factory = factory or load_task_factory(spec)
     try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C function: no signature to check against
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as err:
+            takes = [n for n, p in signature.parameters.items()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            raise ConfigError(f"--task {spec!r}: {err}; it takes {', '.join(takes) or 'no arguments'} "
+                              "(pass them as --task-arg KEY=VALUE).") from None
+    try:
         task = factory(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"--task {spec!r}: calling it with {sorted(kwargs) or 'no arguments'} failed: {err}; "
-                          "check the --task-arg names.") from None
+    except Exception as err:
+        err.add_note(f"m2n2: raised inside the task plugin {spec!r} (called with {sorted(kwargs) or 'no arguments'})"
+                     "; the traceback above is the plugin's own code.")
+        raise
     if not isinstance(task, Task):
         raise ConfigError(f"--task {spec!r} returned {type(task).__name__}, not a Task; build one with "
                           "m2n2_jax.tasks.custom_task(name, example_params, score_fn, metrics_fn).")
