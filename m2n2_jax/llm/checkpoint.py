@@ -79,6 +79,11 @@ def hf_to_params(config: LlamaConfig, tensors: dict[str, np.ndarray], where: str
     if extra:
         raise DataError(f"{where} has {len(extra)} tensors that config.json does not describe, e.g. {extra[0]}; "
                         "check attention_bias / mlp_bias / model_type in config.json.")
+    for name in names:
+        want = expected_shape(config, name)
+        if tuple(np.shape(tensors[name])) != want:
+            raise DataError(f"{where}: tensor {name} has shape {tuple(np.shape(tensors[name]))}, which does "
+                            f"not match config.json (expected {want}).")
     params: dict = {}
     for name, (path, transpose) in names.items():
         value = np.asarray(tensors[name])
@@ -87,26 +92,24 @@ def hf_to_params(config: LlamaConfig, tensors: dict[str, np.ndarray], where: str
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = jnp.asarray(value)
-    expected = _expected_shapes(config)
-    for name, (path, _) in names.items():
-        node = params
-        for part in path:
-            node = node[part]
-        if tuple(node.shape) != expected[path]:
-            raise DataError(f"{where}: tensor {name} has shape {tuple(np.asarray(tensors[name]).shape)}, which does "
-                            f"not match config.json (expected {expected[path][::-1] if names[name][1] else expected[path]}).")
     return params
 
 
-def _expected_shapes(config: LlamaConfig) -> dict:
-    import jax
-
-    from .model import Llama
-    import jax.numpy as jnp
-
-    shapes = jax.eval_shape(lambda: Llama(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32)))["params"]
-    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+def expected_shape(config: LlamaConfig, name: str) -> tuple[int, ...]:
+    """The shape (PyTorch layout) that config.json implies for the HF tensor ``name``."""
+    c = config
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return (c.vocab_size, c.hidden_size)
+    if name.endswith(("q_norm.weight", "k_norm.weight")):
+        return (c.head_dim,)
+    if name.endswith("norm.weight"):
+        return (c.hidden_size,)
+    out_in = {"q_proj": (q, c.hidden_size), "k_proj": (kv, c.hidden_size), "v_proj": (kv, c.hidden_size),
+              "o_proj": (c.hidden_size, q), "gate_proj": (c.intermediate_size, c.hidden_size),
+              "up_proj": (c.intermediate_size, c.hidden_size), "down_proj": (c.hidden_size, c.intermediate_size)}
+    shape = out_in[name.split(".")[-2]]
+    return shape if name.endswith("weight") else shape[:1]
 
 
 def weights_dtype(path: str) -> str:
@@ -206,12 +209,21 @@ def _write_tensors(directory: str, tensors: dict, max_shard_bytes: int | None) -
     return files
 
 
+def _load_file(path: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{path}: not a readable safetensors file ({err}).") from None
+
+
 def read_tensors(directory: str) -> dict[str, np.ndarray]:
     """All tensors of a single-file or sharded safetensors checkpoint."""
     single = os.path.join(directory, "model.safetensors")
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(single):
-        return load_file(single)
+        return _load_file(single)
     if os.path.exists(index):
         with open(index) as f:
             weight_map = json.load(f).get("weight_map")
@@ -222,10 +234,19 @@ def read_tensors(directory: str) -> dict[str, np.ndarray]:
             path = os.path.join(directory, filename)
             if not os.path.exists(path):
                 raise DataError(f"shard {filename} named in {index} is missing; download all shards.")
-            tensors.update(load_file(path))
+            tensors.update(_load_file(path))
         return tensors
     raise DataError(f"no model.safetensors or model.safetensors.index.json in {directory}; "
                     "pass a Hugging Face model directory with safetensors weights.")
+
+
+def load_config(path: str) -> LlamaConfig:
+    """The config of a Hugging Face directory or a .gguf file."""
+    if path.lower().endswith(".gguf"):
+        from . import gguf_file
+
+        return gguf_file.config_of(path)
+    return LlamaConfig.load(path)
 
 
 def load(path: str, dtype=np.float32) -> tuple[LlamaConfig, dict]:
