@@ -36,22 +36,24 @@ WORDS = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(12)]
 
 
 def hf_model(kind: str, seed: int = 0, dtype=None):
+    """Random weights (std 0.4); <eos>'s output row scaled up so that greedy answers often stop."""
     cls, extra = FAMILIES[kind]
     torch.manual_seed(seed)
     m = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**BASE, **extra))
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.4)
+        m.get_output_embeddings().weight[2] *= 3
     return m.to(dtype) if dtype is not None else m.eval()
 
 
 def write_tokenizer(directory):
-    """A word-level tokenizer.json whose post-processor adds <bos>, as Llama tokenizers do."""
+    """A word-level tokenizer.json (no <bos>: transformers may pick a family's own tokenizer class, e.g.
+    Qwen2's, which would ignore a post-processor that adds one)."""
     import tokenizers
 
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     tok.decoder = tokenizers.decoders.WordPiece(prefix="##")  # joins words with spaces
     tok.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
@@ -210,7 +212,8 @@ def test_greedy_with_cache_matches_transformers_generate(saved):
 def _hf_exact_match(directory, rows):
     """transformers' own greedy exact match: generate from the prompt, the new text (to <eos>) is the answer."""
     m = transformers.AutoModelForCausalLM.from_pretrained(directory)
-    tok = transformers.AutoTokenizer.from_pretrained(directory)
+    # the directory's tokenizer.json as it is (AutoTokenizer would pick e.g. Qwen2's own class)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(directory, "tokenizer.json"))
     out = []
     for prompt, answer in rows:
         ids = tok(prompt, return_tensors="pt")["input_ids"]
@@ -228,19 +231,24 @@ def test_m2n2_merge_scores_what_transformers_scores(saved, tmp_path, capsys, kin
     project reported."""
     _, first = saved[kind]
     second = str(tmp_path / "second")
-    hf_model(kind, seed=1).save_pretrained(second)
+    other = hf_model(kind)  # a 'fine-tune' of the first: its weights plus noise
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    other.save_pretrained(second)
     write_tokenizer(second)
     rng = np.random.default_rng(3)
     rows = []
-    for directory in (first, second):  # half the answers are each model's own greedy answer, if it stops
-        m = transformers.AutoModelForCausalLM.from_pretrained(directory)
-        for _ in range(30):
-            prompt = [int(t) for t in rng.integers(3, 16, rng.integers(2, 6))]
-            with torch.no_grad():
-                new = m.generate(input_ids=torch.tensor([[1] + prompt]), max_new_tokens=3, do_sample=False,
-                                 eos_token_id=2, pad_token_id=0)[0, len(prompt) + 1:].tolist()
-            answer = new[:new.index(2)] if 2 in new[1:] else [int(rng.integers(3, 16))]
-            rows.append((" ".join(WORDS[t] for t in prompt), " ".join(WORDS[t] for t in answer)))
+    prompts = rng.integers(3, 16, (300, 4))
+    for m in (saved[kind][0], other):  # each model's own greedy answers where it stops
+        with torch.no_grad():
+            new = m.generate(input_ids=torch.tensor(prompts), max_new_tokens=3,
+                             do_sample=False, eos_token_id=2, pad_token_id=0)[:, 4:].tolist()
+        stopping = [i for i, n in enumerate(new) if 2 in n[1:]][:8]
+        others = [i for i in range(300) if i not in stopping][:4]
+        rows += [(" ".join(WORDS[t] for t in prompts[i]), " ".join(WORDS[t] for t in new[i][:new[i].index(2)]))
+                 for i in stopping]
+        rows += [(" ".join(WORDS[t] for t in prompts[i]), WORDS[int(rng.integers(3, 16))]) for i in others]
     data = tmp_path / "fit.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
     code = cli.main(["merge", first, second, "--task", "llm-exact-match", "--task-arg", f"data={data}",
