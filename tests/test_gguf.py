@@ -106,7 +106,7 @@ def test_teacher_forced_exact_match_equals_greedy_generation(smol, tmp_path):
                ["What is 2+3?", "What is the capital of Italy?", "What colour is the sky?", "How many legs has a cat?",
                 "What is 10 minus 4?", "Who wrote Hamlet?", "What is the opposite of up?", "What is 3 times 3?"]]
     prompts += [text.chat_prompt(path, q) for q in ["Say yes.", "Say no.", "What is 1+1?", "Name a colour."]]
-    own = generate.greedy(smol["config"], smol["params"], [tok.encode_prompt(p) for p in prompts], 8, tok.eos_ids)
+    own = generate.greedy(smol["config"], smol["params"], [tok.encode_prompt(p) for p in prompts], 16, tok.eos_ids)
     rows = []
     for prompt, out in zip(prompts, own):
         answer = tok.decode(out[:-1] if out[-1] in tok.eos_ids else out)
@@ -120,11 +120,11 @@ def test_teacher_forced_exact_match_equals_greedy_generation(smol, tmp_path):
     task = exact_match_task(path, str(data))
     scores = np.asarray(task.score_vector(task.layout.ravel(smol["params"])))
     starts = [tok.split(p, a)[0] for p, a in rows]
-    outs = generate.greedy(smol["config"], smol["params"], starts, 12, tok.eos_ids)
+    outs = generate.greedy(smol["config"], smol["params"], starts, 20, tok.eos_ids)
     by_generation = np.asarray([float(bool(o) and o[-1] in tok.eos_ids and tok.decode(o[:-1]) == tok.answer_text(p, a))
                                 for o, (p, a) in zip(outs, rows)])
     np.testing.assert_array_equal(scores, by_generation)
-    assert 0.3 < scores.mean() < 0.8  # both outcomes occur
+    assert scores.sum() >= 3 and (1 - scores).sum() >= 3  # both outcomes occur
     # the prefix scoring starts from is the prompt as transformers' tokenizer gives it
     assert all(s == tok.encode_prompt(p) for s, (p, a) in zip(starts, rows) if not p[-1].isspace())
 
