@@ -1,7 +1,7 @@
 """Hugging Face tokenizers (tokenizer.json, or rebuilt from a GGUF file) for scoring and generation.
 
 Scoring tokenizes prompt and answer together, as one text, and takes as the answer
-every token that covers a character of the answer (found by character offsets).
+every token that covers a character after the prompt (found by character offsets).
 With byte-level BPE (Llama 3, SmolLM, Qwen) the space before an answer belongs to
 the answer's first token (`` 5``), which is what a model writes after the prompt;
 tokenizing the two apart would score ``5`` instead. The prompt tokens before the
@@ -67,7 +67,7 @@ class HFTokenizer:
             raise DataError(f"an example has an empty answer (prompt {prompt[:40]!r}); every answer needs text.")
         text = join(prompt, answer, self.separator)
         ids, offsets, special = self._encode_with_specials(text)
-        boundary = len(text) - len(answer)
+        boundary = len(prompt)  # a separator it adds belongs to the answer, as the model writes it
         first = next((i for i, ((_, end), s) in enumerate(zip(offsets, special)) if not s and end > boundary), None)
         if first is None or first == 0:
             raise DataError(f"cannot find the answer's tokens after the prompt {prompt[:40]!r}; "
