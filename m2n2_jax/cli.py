@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="also write bench.json and bench.md here")
     bench.add_argument("--cpu-devices", type=_positive_int, help="CPU devices for the multi-device rows "
                        "(default: one per core, at most 8)")
+    from .llm.chat import add_arguments as chat_arguments
+
+    chat_arguments(sub.add_parser("chat", help="greedy answers of a language model (HF directory or .gguf file)"))
     return parser
 
 
@@ -518,8 +521,10 @@ def main(argv=None) -> int:
         expose_cpu_devices(args.cpu_devices)
     try:
         _start_distributed(args)
+        from .llm.chat import run as cmd_chat
+
         return {"evolve": cmd_evolve, "merge": cmd_merge, "compare": cmd_compare,
-                "bench": cmd_bench}[args.command](args)
+                "bench": cmd_bench, "chat": cmd_chat}[args.command](args)
     except M2N2Error as err:
         from .evolution import Interrupted
 

@@ -9,14 +9,18 @@ Formats, chosen by the path:
   (``params/Dense_0/kernel``, as ``flax.traverse_util.flatten_dict(sep="/")``
   names Flax parameters).
 - ``.msgpack``: the parameter pytree as ``flax.serialization.to_bytes`` writes it.
-- a Hugging Face Llama directory (``config.json`` and safetensors weights),
-  read and written by :mod:`m2n2_jax.llm.checkpoint`; a merge copies the
-  tokenizer files of the first input next to it.
+- a Hugging Face directory of the Llama family (``config.json`` and safetensors
+  weights) or a ``.gguf`` file, read by :mod:`m2n2_jax.llm.checkpoint`; a merge
+  is written as a Hugging Face directory that keeps the first input's config,
+  tokenizer and generation files and its dtype (from a GGUF: rebuilt from its metadata).
 - any other directory: an orbax checkpoint of the parameter pytree
   (``orbax.checkpoint.StandardCheckpointer``).
 
 Every loader checks the model against the layout and names the first
-mismatch (a missing or extra parameter, a wrong shape) in its error.
+mismatch (a missing or extra parameter, a wrong shape) in its error. A file
+that cannot be read as its format (corrupt, truncated, another format) is a
+DataError naming it; any other exception is left as it is (a bug to report, not
+a data problem).
 """
 from __future__ import annotations
 
@@ -28,9 +32,7 @@ import numpy as np
 from .errors import DataError, SeedModelError
 from .flatten import VectorLayout
 
-FORMATS = (".npy", ".npz", ".msgpack", "Hugging Face Llama directory", "orbax directory")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "generation_config.json")
+FORMATS = (".npy", ".npz", ".msgpack", ".gguf", "Hugging Face Llama-family directory", "orbax directory")
 
 
 def split_index(path: str) -> tuple[str, int | None]:
@@ -46,7 +48,7 @@ def format_of(path: str) -> str:
     if os.path.isdir(file):
         return "hf-llama" if os.path.isfile(os.path.join(file, "config.json")) else "orbax"
     ext = os.path.splitext(file)[1].lower()
-    if ext in (".npy", ".npz", ".msgpack"):
+    if ext in (".npy", ".npz", ".msgpack", ".gguf"):
         return ext[1:]
     raise DataError(f"{path}: unknown model format {ext or '(no extension)'!r}; use one of {', '.join(FORMATS)}.")
 
@@ -79,30 +81,48 @@ def load_model(path: str, layout: VectorLayout) -> np.ndarray:
     if not os.path.exists(file):
         raise DataError(f"model file {file} does not exist.")
     kind = format_of(path)
-    try:
-        if kind == "npy":
-            return _flat(np.load(file, allow_pickle=False), layout, path)
-        if kind == "npz":
-            return _load_npz(file, index, layout, path)
-        if kind == "msgpack":
-            from flax import serialization
+    if kind == "npy":
+        with _reading(path, kind):
+            vector = np.load(file, allow_pickle=False)
+        return _flat(vector, layout, path)
+    if kind == "npz":
+        return _load_npz(file, index, layout, path)
+    if kind == "msgpack":
+        import msgpack
+        from flax import serialization
 
+        with _reading(path, kind, msgpack.UnpackException):
             with open(file, "rb") as f:
                 params = serialization.msgpack_restore(f.read())
-            return _from_tree(params, layout, path)
-        if kind == "hf-llama":
-            from .llm import checkpoint
+        return _from_tree(params, layout, path)
+    if kind in ("hf-llama", "gguf"):
+        from .llm import checkpoint
 
-            return _from_tree(checkpoint.load(file)[1], layout, path)
-        return _load_orbax(file, layout, path)
-    except (SeedModelError, DataError):
-        raise
-    except Exception as err:  # unreadable or corrupt files: say which and why, in one line
-        raise DataError(f"{path}: cannot read it as a {kind} model ({type(err).__name__}: {err}).") from None
+        return _from_tree(checkpoint.load(file)[1], layout, path)  # its errors name the file already
+    return _load_orbax(file, layout, path)
+
+
+class _reading:
+    """Turn the exceptions a reader raises on a file it cannot parse into one DataError naming the file."""
+
+    def __init__(self, path: str, kind: str, *extra):
+        import zipfile
+
+        self.path, self.kind = path, kind
+        self.known = (OSError, EOFError, ValueError, zipfile.BadZipFile) + extra
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is not None and isinstance(err, self.known) and not isinstance(err, (DataError, SeedModelError)):
+            raise DataError(f"{self.path}: cannot read it as a {self.kind} model ({type(err).__name__}: {err}).") \
+                from None
+        return False
 
 
 def _load_npz(file: str, index: int | None, layout: VectorLayout, path: str) -> np.ndarray:
-    with np.load(file, allow_pickle=False) as data:
+    with _reading(path, "npz"), np.load(file, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     names = _leaf_names(layout)
     if set(names) <= set(arrays):  # one array per parameter
@@ -148,7 +168,7 @@ def _load_orbax(directory: str, layout: VectorLayout, path: str) -> np.ndarray:
     from .checkpoint import load_orbax
 
     ocp = load_orbax()
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _reading(path, "orbax"), ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.abspath(directory))
     return _from_tree(params, layout, path)
 
@@ -156,8 +176,8 @@ def _load_orbax(directory: str, layout: VectorLayout, path: str) -> np.ndarray:
 def save_model(path: str, vector, layout: VectorLayout, like: str | None = None) -> str:
     """Write the flat model ``vector`` to ``path`` in the format its name implies; returns the path.
 
-    A directory path is an orbax checkpoint, or a Hugging Face Llama directory
-    when ``like`` (a model it was merged from) is one: its config and tokenizer files are reused.
+    A directory path is an orbax checkpoint, or a Hugging Face directory when ``like`` (a model
+    it was merged from) is one or a .gguf file: its config, tokenizer files and dtype are kept.
     """
     vector = np.asarray(vector)
     params = jax.tree.map(np.asarray, layout.unravel(vector))
@@ -171,16 +191,11 @@ def save_model(path: str, vector, layout: VectorLayout, like: str | None = None)
 
         with open(path, "wb") as f:
             f.write(serialization.to_bytes(params))
-    elif like is not None and format_of(like) == "hf-llama":
-        import shutil
-
+    elif like is not None and format_of(like) in ("hf-llama", "gguf"):
         from .llm import checkpoint
-        from .llm.config import LlamaConfig
 
-        checkpoint.save(path, LlamaConfig.load(like), params)
-        for name in TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(like, name)):
-                shutil.copy(os.path.join(like, name), os.path.join(path, name))
+        config = checkpoint.load_config(like)
+        checkpoint.save(path, config, params, like=like)
     else:
         from .checkpoint import load_orbax
 
@@ -193,4 +208,4 @@ def save_model(path: str, vector, layout: VectorLayout, like: str | None = None)
 def merged_path(out: str, like: str) -> str:
     """Where ``m2n2 merge`` writes the merged model: out/merged.EXT in the first input's format."""
     kind = format_of(like)
-    return os.path.join(out, "merged" if kind in ("orbax", "hf-llama") else f"merged.{kind}")
+    return os.path.join(out, "merged" if kind in ("orbax", "hf-llama", "gguf") else f"merged.{kind}")

@@ -85,7 +85,8 @@ def test_exact_match_task_equals_a_plain_loop(specialists):
 
 
 def test_hf_tokenizer_json_gives_the_same_scores(specialists, tmp_path):
-    """A Hugging Face tokenizer.json (read with the tokenizers package) encodes like the word tokenizer."""
+    """A Hugging Face tokenizer.json (read with the tokenizers package; its post-processor adds <bos>, as
+    transformers' tokenizer(text) would) encodes prompt and answer, joined by a space, like the word tokenizer."""
     import tokenizers  # in the test extra
 
     s = specialists
@@ -94,6 +95,7 @@ def test_hf_tokenizer_json_gives_the_same_scores(specialists, tmp_path):
     vocab = {w: i for i, w in enumerate(s["tokenizer"].vocab)}
     hf = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
     hf.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    hf.post_processor = tokenizers.processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     hf.save(str(directory / "tokenizer.json"))
     config = json.loads((directory / "config.json").read_text())
     config.update(bos_token_id=s["tokenizer"].bos_id, eos_token_id=s["tokenizer"].eos_id, pad_token_id=0)

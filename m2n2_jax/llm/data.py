@@ -121,12 +121,18 @@ def encode(tokenizer, examples, length: int | None = None) -> Batch:
     """Tokenise (prompt, answer) pairs into a :class:`Batch`.
 
     ``tokenizer``: anything with encode(text) -> ids and bos_id / eos_id / pad_id
-    (a bos_id of None adds no begin token, as some Hugging Face tokenizers want).
+    (a bos_id of None adds no begin token). A tokenizer with ``split(prompt, answer)``
+    (Hugging Face tokenizers, :mod:`m2n2_jax.llm.text`) tokenizes the two together
+    and finds the answer's tokens by character offsets.
     """
     rows, prompt_lengths, answer_lengths = [], [], []
     for prompt, answer in examples:
-        p = ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(prompt)
-        a = tokenizer.encode(answer) + [tokenizer.eos_id]
+        if hasattr(tokenizer, "split"):
+            p, a = tokenizer.split(prompt, answer)
+            a = a + [tokenizer.eos_id]
+        else:
+            p = ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(prompt)
+            a = tokenizer.encode(answer) + [tokenizer.eos_id]
         rows.append(p + a)
         prompt_lengths.append(len(p))
         answer_lengths.append(len(a))

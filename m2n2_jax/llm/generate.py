@@ -1,9 +1,12 @@
 """Batched greedy decoding and teacher-forced scoring of answers.
 
-Greedy decoding writes into a fixed right-padded buffer: at step i every
-sequence's next token is the argmax at position prompt_length - 1 + i. With a
-causal mask the padding after a sequence never influences it, so no cache or
-left-padding is needed (a KV cache would be the next step for long answers).
+:func:`greedy` decodes with a key/value cache, as transformers' ``generate`` does:
+prompts are left-padded (padding keys hidden, positions counted from each prompt's
+first real token), one forward pass fills the cache, then each step feeds one
+token per sequence; a sequence stops at an end-of-sequence id or once its text
+contains a stop string. :func:`greedy_generate` is the older jit-friendly form
+without a cache (a fixed right-padded buffer, re-run each step), kept for the toy
+experiment.
 
 Teacher forcing gives both per-example scores in one forward pass:
 - exact match: the greedy answer equals the gold answer (with its <eos>) iff
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .model import apply
 
@@ -43,22 +47,26 @@ def greedy_generate(config, params, tokens, prompt_lengths, max_new_tokens: int,
     return new.T
 
 
-def answer_scores(config, params, tokens, targets):
+def answer_scores(config, params, tokens, targets, eos_ids: tuple = ()):
     """(exact match [B] in {0, 1}, gold likelihood [B] in (0, 1]) by teacher forcing.
 
-    ``targets`` [B, L] marks the answer tokens (and the final <eos>).
+    ``targets`` [B, L] marks the answer tokens (and the final <eos>). ``eos_ids``: every id
+    that ends generation; where the gold token is the first of them, any of them counts as right.
     """
-    return scores_from_logits(apply(config, params, tokens), tokens, targets)
+    return scores_from_logits(apply(config, params, tokens), tokens, targets, eos_ids)
 
 
-def scores_from_logits(logits, tokens, targets):
+def scores_from_logits(logits, tokens, targets, eos_ids: tuple = ()):
     """(exact match [B], gold likelihood [B]) from logits [B, L, V] of ``tokens``."""
     logits = logits[:, :-1].astype(jnp.float32)
     gold = tokens[:, 1:]
     mask = targets[:, 1:]
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     gold_log_probs = jnp.take_along_axis(log_probs, gold[..., None], axis=-1)[..., 0]
-    right = (jnp.argmax(logits, axis=-1) == gold) | (mask == 0)
+    predicted = jnp.argmax(logits, axis=-1)
+    right = (predicted == gold) | (mask == 0)
+    if len(eos_ids) > 1:
+        right = right | ((gold == eos_ids[0]) & jnp.isin(predicted, jnp.asarray(eos_ids)))
     count = jnp.maximum(jnp.sum(mask, axis=1), 1)
     likelihood = jnp.exp(jnp.sum(gold_log_probs * mask, axis=1) / count)
     return jnp.all(right, axis=1).astype(jnp.float32), likelihood
@@ -75,3 +83,56 @@ def answer_loss(config, params, tokens, targets, lm_weight: float = 0.0):
         real = (gold != 0).astype(jnp.float32)
         loss = loss + lm_weight * jnp.sum(nll * real) / jnp.maximum(jnp.sum(real), 1)
     return loss
+
+
+def _prefill(config, params, tokens, valid, positions, cache):
+    logits, cache = apply(config, params, tokens, valid, positions, cache, 0)
+    return logits[:, -1], cache
+
+
+def _step(config, params, token, valid, position, cache, index):
+    logits, cache = apply(config, params, token[:, None], valid, position[:, None], cache, index)
+    return logits[:, -1], cache
+
+
+_prefill_jit = jax.jit(_prefill, static_argnums=0)
+_step_jit = jax.jit(_step, static_argnums=0, donate_argnums=(5,))
+
+
+def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decode=None, cache_dtype=jnp.float32):
+    """Greedy continuations of token-id prompts, decoded together with a key/value cache.
+
+    prompts: lists of ids (any lengths; left-padded internally). eos_ids: ids that end a sequence
+    (kept as its last token). stop: strings that end a sequence once its decoded text contains one
+    (``decode(ids) -> str`` required); the token completing it is kept, as transformers does.
+    Returns one list of new ids per prompt.
+    """
+    eos = np.asarray(sorted({int(e) for e in np.atleast_1d(eos_ids)}))
+    if stop and decode is None:
+        raise ValueError("stop strings need decode(ids) -> text")
+    batch, longest = len(prompts), max(len(p) for p in prompts)
+    slots = longest + max_new_tokens
+    tokens = np.zeros((batch, longest), np.int32)
+    valid = np.zeros((batch, slots), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, longest - len(p):] = p
+        valid[i, longest - len(p):] = 1
+    valid[:, longest:] = 1  # the slots generated tokens will fill
+    positions = np.maximum(np.cumsum(valid[:, :longest], axis=1) - 1, 0)
+    lengths = np.asarray([len(p) for p in prompts])
+    shape = (batch, slots, config.num_key_value_heads, config.head_dim)
+    cache = [(jnp.zeros(shape, cache_dtype), jnp.zeros(shape, cache_dtype)) for _ in range(config.num_hidden_layers)]
+    logits, cache = _prefill_jit(config, params, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(positions), cache)
+    out = [[] for _ in prompts]
+    done = np.zeros(batch, bool)
+    for step in range(max_new_tokens):
+        token = np.asarray(jnp.argmax(logits, axis=-1)).astype(np.int32)
+        for i in np.flatnonzero(~done):
+            out[i].append(int(token[i]))
+            if token[i] in eos or (stop and any(s in decode(out[i]) for s in stop)):
+                done[i] = True
+        if done.all() or step == max_new_tokens - 1:
+            break
+        logits, cache = _step_jit(config, params, jnp.asarray(token), jnp.asarray(valid),
+                                  jnp.asarray(lengths + step), cache, longest + step)
+    return out

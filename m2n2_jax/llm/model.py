@@ -1,5 +1,7 @@
-"""A Flax (linen) Llama: RMSNorm, rotary embeddings with rope_theta, SwiGLU MLP,
-grouped-query attention, tied or untied embeddings.
+"""A Flax (linen) Llama-family model: RMSNorm, rotary embeddings (rope_theta, linear
+or llama3 scaling), SwiGLU MLP, grouped-query attention, tied or untied embeddings,
+optional biases (Llama's attention_bias / mlp_bias, Qwen2's q/k/v biases), per-head
+q/k norms (Qwen3), a sliding window (Mistral), and a key/value cache for decoding.
 
 Parameter names follow Hugging Face's module names (``embed_tokens``,
 ``layers_N/self_attn/q_proj``, ...) so that the checkpoint mapping is a rename
@@ -30,10 +32,32 @@ class RMSNorm(nn.Module):
         return weight * x32.astype(x.dtype)
 
 
-def rope_tables(positions, head_dim: int, theta: float):
-    """cos, sin [..., T, head_dim] for integer positions [..., T]."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
+    """Rotary inverse frequencies [head_dim / 2], with the config's rope scaling (as transformers computes them)."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    inv_freq = inv_freq.astype(np.float32)
+    rope = config.rope
+    kind = rope.get("rope_type", "default")
+    if kind == "linear":
+        inv_freq = inv_freq / np.float32(rope["factor"])
+    elif kind == "llama3":
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old = rope["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+        inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def rope_tables(positions, head_dim: int, theta: float | None = None, inv_freq=None):
+    """cos, sin [..., T, head_dim] for integer positions [..., T] (plain rope with ``theta``, or ``inv_freq``)."""
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -45,28 +69,38 @@ def apply_rope(x, cos, sin):
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def _dense(features: int, name: str):
-    return nn.Dense(features, use_bias=False, kernel_init=_INIT, name=name)
+def _dense(features: int, name: str, bias: bool = False):
+    return nn.Dense(features, use_bias=bias, kernel_init=_INIT, name=name)
 
 
 class Attention(nn.Module):
+    """Grouped-query attention; with ``cache`` = (k, v) [B, S, kv heads, hd] it writes this call's
+    keys and values at slots index .. index + T - 1 and attends over all S slots (``mask`` [B, T, S])."""
+
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, cache=None, index=0):
         c = self.config
         batch, length, _ = x.shape
-        q = _dense(c.num_attention_heads * c.head_dim, "q_proj")(x).reshape(batch, length, c.num_attention_heads, c.head_dim)
-        k = _dense(c.num_key_value_heads * c.head_dim, "k_proj")(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
-        v = _dense(c.num_key_value_heads * c.head_dim, "v_proj")(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
+        qkv_bias = c.attention_bias or c.qkv_bias
+        q = _dense(c.num_attention_heads * c.head_dim, "q_proj", qkv_bias)(x).reshape(batch, length, c.num_attention_heads, c.head_dim)
+        k = _dense(c.num_key_value_heads * c.head_dim, "k_proj", qkv_bias)(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
+        v = _dense(c.num_key_value_heads * c.head_dim, "v_proj", qkv_bias)(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = RMSNorm(c.rms_norm_eps, name="q_norm")(q), RMSNorm(c.rms_norm_eps, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+            cache = (k, v)
         groups = c.num_attention_heads // c.num_key_value_heads
-        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)  # head h reads kv head h // groups
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(c.head_dim))
+        keys, values = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)  # head h reads kv head h // groups
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, keys).astype(jnp.float32) / jnp.sqrt(jnp.float32(c.head_dim))
         logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, -1)
-        return _dense(c.hidden_size, "o_proj")(out)
+        weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, values).reshape(batch, length, -1)
+        return _dense(c.hidden_size, "o_proj", c.attention_bias)(out), cache
 
 
 class MLP(nn.Module):
@@ -75,48 +109,64 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        gate = _dense(c.intermediate_size, "gate_proj")(x)
-        up = _dense(c.intermediate_size, "up_proj")(x)
-        return _dense(c.hidden_size, "down_proj")(nn.silu(gate) * up)
+        gate = _dense(c.intermediate_size, "gate_proj", c.mlp_bias)(x)
+        up = _dense(c.intermediate_size, "up_proj", c.mlp_bias)(x)
+        return _dense(c.hidden_size, "down_proj", c.mlp_bias)(nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, cache=None, index=0):
         c = self.config
-        x = x + Attention(c, name="self_attn")(RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask)
-        return x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x))
+        h, cache = Attention(c, name="self_attn")(RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask,
+                                                  cache, index)
+        x = x + h
+        return x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)), cache
+
+
+def causal_mask(config: LlamaConfig, query_slots, key_slots, key_valid=None):
+    """[B or 1, T, S]: causal over slots, padding keys hidden, and the sliding window (Mistral) if any."""
+    mask = key_slots[None, None, :] <= query_slots[None, :, None]
+    if config.sliding_window is not None:
+        mask = mask & (query_slots[None, :, None] - key_slots[None, None, :] < config.sliding_window)
+    if key_valid is not None:
+        mask = mask & key_valid.astype(bool)[:, None, :]
+    return mask
 
 
 class Llama(nn.Module):
     """Causal LM: tokens [B, T] -> logits [B, T, V].
 
     ``attention_mask`` [B, T] (1 = real token) hides padding keys; positions
-    default to 0..T-1.
+    default to 0..T-1. With ``cache`` (a list of per-layer (k, v) [B, S, kv heads, hd])
+    the tokens fill slots index .. index + T - 1, ``attention_mask`` covers all S slots,
+    and the call returns (logits, new cache).
     """
 
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, tokens, attention_mask=None, positions=None):
+    def __call__(self, tokens, attention_mask=None, positions=None, cache=None, index=0):
         c = self.config
         batch, length = tokens.shape
         embed = nn.Embed(c.vocab_size, c.hidden_size, embedding_init=_INIT, name="embed_tokens")
         x = embed(tokens)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
-        mask = jnp.tril(jnp.ones((length, length), bool))[None]
-        if attention_mask is not None:
-            mask = mask & attention_mask.astype(bool)[:, None, :]
+        cos, sin = rope_tables(positions, c.head_dim, inv_freq=inverse_frequencies(c))
+        query_slots = index + jnp.arange(length)
+        key_slots = jnp.arange(length if cache is None else cache[0][0].shape[1])
+        mask = causal_mask(c, query_slots, key_slots, attention_mask)
+        new_cache = []
         for i in range(c.num_hidden_layers):
-            x = DecoderLayer(c, name=f"layers_{i}")(x, cos, sin, mask)
+            x, layer_cache = DecoderLayer(c, name=f"layers_{i}")(x, cos, sin, mask,
+                                                                 None if cache is None else cache[i], index)
+            new_cache.append(layer_cache)
         x = RMSNorm(c.rms_norm_eps, name="norm")(x)
-        if c.tie_word_embeddings:
-            return embed.attend(x)
-        return _dense(c.vocab_size, "lm_head")(x)
+        logits = embed.attend(x) if c.tie_word_embeddings else _dense(c.vocab_size, "lm_head")(x)
+        return logits if cache is None else (logits, new_cache)
 
 
 def init_params(config: LlamaConfig, seed: int = 0) -> dict:
@@ -136,9 +186,9 @@ def init_params(config: LlamaConfig, seed: int = 0) -> dict:
     return flax.core.unfreeze(jax.tree_util.tree_map_with_path(draw, shapes["params"]))
 
 
-def apply(config: LlamaConfig, params, tokens, attention_mask=None, positions=None):
-    """Logits [B, T, V] of the model with ``params`` (the inner 'params' dict)."""
-    return Llama(config).apply({"params": params}, tokens, attention_mask, positions)
+def apply(config: LlamaConfig, params, tokens, attention_mask=None, positions=None, cache=None, index=0):
+    """Logits [B, T, V] of the model with ``params`` (the inner 'params' dict); (logits, cache) with a cache."""
+    return Llama(config).apply({"params": params}, tokens, attention_mask, positions, cache, index)
 
 
 forward = jax.jit(apply, static_argnums=0)
