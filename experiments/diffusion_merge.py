@@ -1,6 +1,7 @@
 """Merge text-to-image digit generators across prompt languages with M2N2.
 
-    python experiments/diffusion_merge.py --out docs/results/diffusion-merge
+    python experiments/diffusion_merge.py                    # writes runs/diffusion-merge
+    python experiments/diffusion_merge.py --out docs/results/diffusion-merge --overwrite   # regenerate the committed report
 
 Trains a judge classifier, a shared base generator and its per-language
 fine-tunes, merges them with M2N2 (fitness on language-A prompts only) and
@@ -16,13 +17,15 @@ import time
 import jax
 
 from m2n2_jax.diffusion import pipeline, report
-from m2n2_jax.errors import M2N2Error
+from m2n2_jax.errors import ConfigError, M2N2Error
 from m2n2_jax.results import environment, write_json
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/results/diffusion-merge")
+    parser.add_argument("--out", default="runs/diffusion-merge",
+                        help="where results.json, table.md, grid.png go (default runs/diffusion-merge)")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--runs", type=int, default=pipeline.PipelineConfig.runs)
     parser.add_argument("--forward-passes", type=int, default=pipeline.PipelineConfig.forward_passes)
     parser.add_argument("--seed", type=int, default=pipeline.PipelineConfig.seed)
@@ -30,6 +33,9 @@ def main(argv=None) -> int:
     command = "python experiments/diffusion_merge.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         cfg = pipeline.PipelineConfig(runs=args.runs, forward_passes=args.forward_passes, seed=args.seed)
+        if os.path.exists(os.path.join(args.out, "results.json")) and not args.overwrite:
+            raise ConfigError(f"{args.out} already holds results.json; choose another --out, or add --overwrite "
+                              "to replace it.")
         os.makedirs(args.out, exist_ok=True)
         start = time.perf_counter()
         log = lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)

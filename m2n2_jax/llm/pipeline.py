@@ -335,7 +335,8 @@ def plot(path: str, rows: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train two tiny Llama specialists and merge them with M2N2 and baselines.")
-    parser.add_argument("--out", default="docs/results/llm-merge", help="where results.json, table.md, merge.png go")
+    parser.add_argument("--out", default="runs/llm-merge",
+                        help="where results.json, table.md, merge.png go (default runs/llm-merge)")
     parser.add_argument("--models", default="runs/llm-merge/models", help="HF checkpoints of base, specialists, merge")
     parser.add_argument("--retrain", action="store_true", help="train again even if checkpoints exist")
     parser.add_argument("--budget", type=int, default=Settings.budget, help="forward passes per evolutionary method")
