@@ -345,12 +345,14 @@ def main(argv=None) -> int:
     parser.add_argument("--base-steps", type=int, default=Settings.base_steps)
     parser.add_argument("--replay-weight", type=float, default=Settings.replay_weight,
                         help="weight of the replayed pre-training loss during fine-tuning (default 0: none)")
+    parser.add_argument("--seed", type=int, default=Settings.seed,
+                        help="seed of the data, initialisation, training and merges (default 0)")
     parser.add_argument("--models-only", action="store_true",
                         help="only train (or load) the base and the two specialists and write fitness.jsonl and "
                              "test.jsonl next to them, for m2n2 merge")
     args = parser.parse_args(argv)
     settings = Settings(budget=args.budget, math_steps=args.math_steps, agent_steps=args.agent_steps,
-                        base_steps=args.base_steps, replay_weight=args.replay_weight)
+                        base_steps=args.base_steps, replay_weight=args.replay_weight, seed=args.seed)
     try:
         command = " ".join(["python experiments/llm_merge.py"] + list(sys.argv[1:] if argv is None else argv))
         run(settings, args.out, args.models, args.retrain, command, models_only=args.models_only)
