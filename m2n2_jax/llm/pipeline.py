@@ -22,7 +22,7 @@ from .. import merging, recipes
 from ..config import method_config
 from ..errors import M2N2Error
 from ..flatten import VectorLayout
-from ..results import write_json
+from ..results import environment, write_json
 from . import checkpoint, data, generate, model, train
 from .config import LlamaConfig
 from .tokenizer import WordTokenizer
@@ -215,7 +215,8 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
 
     results = {"command": command, "settings": dataclasses.asdict(s), "num_params": layout.size, "methods": rows,
                "memory": {**memory, **seven_b_arithmetic()}, "checkpoint_round_trip_logits_identical": logits_equal,
-               "greedy_accuracy_of_reloaded_m2n2_merge": greedy, "seconds": time.time() - t_start}
+               "greedy_accuracy_of_reloaded_m2n2_merge": greedy, "seconds": time.time() - t_start,
+               "environment": environment()}
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results.json"), results)
     write_table(os.path.join(out, "table.md"), results)
