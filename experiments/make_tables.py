@@ -104,7 +104,7 @@ def bench() -> str:
         cells = [f"{cols[p]:,.0f} ({cols[p] / loop:.1f}x)" if p in cols else "" for p in ("float32", "bfloat16")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     ceiling = data["flop_ceiling_fp_per_s"]
-    note = (f"Ratios are to the per-child loop. FLOP ceiling of this CPU: {ceiling['float32']:,.0f} (float32) and "
+    note = (f"Ratios are to the per-child loop. FLOP ceiling of that CPU: {ceiling['float32']:,.0f} (float32) and "
             f"{ceiling['bfloat16']:,.0f} (bfloat16) forward passes per second.")
     return "\n".join(lines + ["", source_line([path], [data], note)])
 
