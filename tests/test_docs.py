@@ -3,11 +3,17 @@
 1. Every results table between ``<!-- table:NAME -->`` markers is what
    experiments/make_tables.py makes from the committed results files.
 2. Every ```bash block of README.md and docs/*.md runs, at a toy budget
-   (see ``toy_command``), and every ```python block runs with the small
-   model this file supplies; blocks that must not run carry a marker comment
+   (see ``toy_command``), and every ```python block runs after PYTHON_PRELUDE
+   (a small model, data and two seeds for the "bring your own model" example),
+   with loops over ``range(N)``, N >= 10, cut to two iterations. The blocks of
+   one file run in order in one scratch directory (holding links to the
+   repository's files), so a block can use what an earlier one wrote, as a
+   reader would. Blocks that must not run carry a marker comment
    ``<!-- docs-test: skip (REASON) -->`` or ``<!-- docs-test: parse-only (REASON) -->``
    on the line before the fence (parse-only: the command line is parsed by the
-   program's own argparse, nothing runs).
+   program's own argparse, nothing runs; a python block is only compiled).
+   ``<!-- docs-test: needs MODULE (REASON) -->`` runs the block when MODULE is
+   installed and parses it otherwise.
 """
 from __future__ import annotations
 
