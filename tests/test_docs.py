@@ -334,3 +334,33 @@ def test_parse_only_parses_without_running(tmp_path):
     code = "m2n2 evolve --task digits --runs 10 --forward-passes 50000 --out runs/parsed"
     assert run_block("README.md", 1, "bash", code, "parse-only", tmp_path) == 1
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- where figures come from
+
+
+def test_cpu_description_names_model_and_bf16_flags(tmp_path):
+    from m2n2_jax.results import cpu_description
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 167\nmodel name\t: Intel(R) Xeon(R) "
+                    "Processor\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n\nprocessor\t: 1\n"
+                    "model name\t: Intel(R) Xeon(R) Processor\n")
+    assert cpu_description(str(info)) == "Intel(R) Xeon(R) Processor (model 167; avx512_bf16, amx_bf16)"
+    info.write_text("model name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2\n")
+    assert cpu_description(str(info)) == "AMD EPYC 9B14"
+
+
+def test_experiment_scripts_do_not_overwrite_results_by_default(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("diffusion_merge", os.path.join(ROOT, "experiments", "diffusion_merge.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "results.json").write_text("{}")
+    assert script.main(["--out", str(tmp_path)]) == 2          # refused before any training
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "{}"
+    for path in ("experiments/diffusion_merge.py", "m2n2_jax/llm/pipeline.py", "experiments/reproduce_digits.sh",
+                 "experiments/reproduce_baselines.sh"):
+        with open(os.path.join(ROOT, path)) as f:
+            text = f.read()
+        assert not re.search(r"""(default=|:-)["']?docs/results""", text), f"{path} writes to docs/results by default"
