@@ -141,7 +141,7 @@ def shell_commands(code: str) -> list[list[list[str]]]:
         lexer.commenters = "#"
         parts, current = [], []
         for token in lexer:
-            if token == "&&":
+            if token in ("&&", "&"):          # a background `&` runs in turn here
                 parts.append(current)
                 current = []
             else:
