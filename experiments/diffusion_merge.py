@@ -1,7 +1,7 @@
 """Merge text-to-image digit denoisers across prompt languages with M2N2, as the paper's section 4.3.
 
-    python experiments/diffusion_merge.py                                  # writes runs/diffusion-merge
-    python experiments/diffusion_merge.py --out docs/results/diffusion-merge   # regenerates the committed results
+    python experiments/diffusion_merge.py                    # writes runs/diffusion-merge
+    python experiments/diffusion_merge.py --out docs/results/diffusion-merge --overwrite   # regenerate the committed report
 
 Trains (or loads from --cache) a judge, a bilingual base generator, a
 Japanese seed (encoder and denoiser) and three English seeds (denoiser
@@ -21,7 +21,7 @@ import time
 import jax
 
 from m2n2_jax.diffusion import pipeline, report
-from m2n2_jax.errors import M2N2Error
+from m2n2_jax.errors import ConfigError, M2N2Error
 from m2n2_jax.results import environment, write_json
 
 
@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     defaults = pipeline.PipelineConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/diffusion-merge", help="output folder (default: runs/diffusion-merge)")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--cache", default="runs/cache", help="where trained seeds are kept (default: runs/cache)")
     parser.add_argument("--runs", type=int, default=defaults.runs)
     parser.add_argument("--forward-passes", type=int, default=defaults.forward_passes)
@@ -44,6 +45,10 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(defaults, runs=args.runs, forward_passes=args.forward_passes,
                                   cma_runs=args.cma_runs, seed=args.seed,
                                   methods=tuple(m for m in args.methods.split(",") if m))
+        if (not args.diagnostics and os.path.exists(os.path.join(args.out, "results.json"))
+                and not args.overwrite):
+            raise ConfigError(f"{args.out} already holds results.json; choose another --out, or add --overwrite "
+                              "to replace it.")
         os.makedirs(args.out, exist_ok=True)
         start = time.perf_counter()
         log = lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)

@@ -1,6 +1,7 @@
 """Whole LLM merging pipeline on CPU: data, base, specialists, merges, table.
 
-    python experiments/llm_merge.py --out docs/results/llm-merge
+    python experiments/llm_merge.py                          # writes runs/llm-merge
+    python experiments/llm_merge.py --out docs/results/llm-merge   # regenerate the committed report
 """
 import os
 import sys

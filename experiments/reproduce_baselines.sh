@@ -7,9 +7,11 @@
 #      (600: one 50k run costs hours on a CPU, see docs/baselines.md). The M2N2 family comes from
 #      experiments/reproduce_digits.sh (docs/results/digits-from-scratch/METHOD).
 # About 1.5 hours on the shared 2-core CPU. M2N2 overrides the command (default: m2n2).
+# Writes under runs/ (the first argument overrides it); `bash experiments/reproduce_baselines.sh docs/results`
+# regenerates the committed reports.
 set -euo pipefail
 m2n2=${M2N2:-m2n2}
-out=${1:-docs/results}
+out=${1:-runs}
 $m2n2 compare --task digits --init pretrained --runs 10 --seed 42 \
   --methods m2n2,m2n2-no-attraction,m2n2-no-split-point,map-elites,ga,brute-force \
   --title "digits from pre-trained models, 10 runs (seeds 42-51), 10k forward passes" --out "$out/digits-from-pretrained"

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Reproduce the paper's from-scratch digits comparison with the engine (default key order).
 # 20 fresh seeds (100-119) of M2N2 for the statistical check against the authors' code,
-# then every method on the paper's seeds 42-51. About 45 minutes on an idle 2-core CPU.
+# then every method on the paper's seeds 42-51. About 21 minutes on a 2-core CPU (the committed
+# runs' wall times: 460 s for the 20 fresh seeds, 197-212 s per method; AMD EPYC).
+# Writes to runs/digits-from-scratch; `bash experiments/reproduce_digits.sh docs/results/digits-from-scratch`
+# regenerates the committed report.
 # PRECISION=bfloat16 scores children with bf16 matmuls (see README, "Speed").
 set -euo pipefail
-out=${1:-docs/results/digits-from-scratch}
+out=${1:-runs/digits-from-scratch}
 fp=${FP:-50000}
 skip_fresh=${SKIP_FRESH:-0}
 methods=${METHODS:-m2n2 m2n2-no-crossover ga ga-no-crossover m2n2-no-split-point m2n2-no-attraction}

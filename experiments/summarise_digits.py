@@ -94,4 +94,6 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/results/digits-from-scratch")
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python {sys.argv[0]} DIR   (e.g. docs/results/digits-from-scratch to regenerate the committed summary)")
+    main(sys.argv[1])

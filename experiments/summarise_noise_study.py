@@ -50,4 +50,6 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/results/digits-noise-study")
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python {sys.argv[0]} DIR   (e.g. docs/results/digits-noise-study to regenerate the committed summary)")
+    main(sys.argv[1])

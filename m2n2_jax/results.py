@@ -39,12 +39,31 @@ def value_at(forward_passes: Sequence[int], curves, fp: int) -> np.ndarray:
     return np.asarray(curves)[:, idx]
 
 
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU as one line ("Intel(R) Xeon(R) Processor (model 167; avx512_bf16, amx_bf16)"): float32
+    results and speeds depend on it, so every record names it. Falls back to platform.processor()."""
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = [f for f in ("avx512_bf16", "amx_bf16") if f in fields.get("flags", "").split()]
+    detail = "; ".join(part for part in (f"model {fields['model']}" if fields.get("model") else "",
+                                         ", ".join(flags)) if part)
+    return f"{name} ({detail})" if detail else name
+
+
 def environment() -> dict:
     import jax
 
     return {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
-            "machine": platform.machine(), "cpu_count": os.cpu_count()}
+            "machine": platform.machine(), "cpu": cpu_description(), "cpu_count": os.cpu_count()}
 
 
 def headline_of(record: dict) -> str:

@@ -22,7 +22,7 @@ from .. import crossover, merging, recipes
 from ..methods import method_config, names
 from ..errors import M2N2Error
 from ..flatten import VectorLayout
-from ..results import write_json
+from ..results import environment, write_json
 from . import checkpoint, data, generate, model, train
 from .config import LlamaConfig
 from .tokenizer import WordTokenizer
@@ -215,7 +215,8 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
 
     results = {"command": command, "settings": dataclasses.asdict(s), "num_params": layout.size, "methods": rows,
                "memory": {**memory, **seven_b_arithmetic()}, "checkpoint_round_trip_logits_identical": logits_equal,
-               "greedy_accuracy_of_reloaded_m2n2_merge": greedy, "seconds": time.time() - t_start}
+               "greedy_accuracy_of_reloaded_m2n2_merge": greedy, "seconds": time.time() - t_start,
+               "environment": environment()}
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results.json"), results)
     write_table(os.path.join(out, "table.md"), results)
@@ -335,7 +336,8 @@ def plot(path: str, rows: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train two tiny Llama specialists and merge them with M2N2 and baselines.")
-    parser.add_argument("--out", default="docs/results/llm-merge", help="where results.json, table.md, merge.png go")
+    parser.add_argument("--out", default="runs/llm-merge",
+                        help="where results.json, table.md, merge.png go (default runs/llm-merge)")
     parser.add_argument("--models", default="runs/llm-merge/models", help="HF checkpoints of base, specialists, merge")
     parser.add_argument("--retrain", action="store_true", help="train again even if checkpoints exist")
     parser.add_argument("--budget", type=int, default=Settings.budget, help="forward passes per evolutionary method")
@@ -344,12 +346,14 @@ def main(argv=None) -> int:
     parser.add_argument("--base-steps", type=int, default=Settings.base_steps)
     parser.add_argument("--replay-weight", type=float, default=Settings.replay_weight,
                         help="weight of the replayed pre-training loss during fine-tuning (default 0: none)")
+    parser.add_argument("--seed", type=int, default=Settings.seed,
+                        help="seed of the data, initialisation, training and merges (default 0)")
     parser.add_argument("--models-only", action="store_true",
                         help="only train (or load) the base and the two specialists and write fitness.jsonl and "
                              "test.jsonl next to them, for m2n2 merge")
     args = parser.parse_args(argv)
     settings = Settings(budget=args.budget, math_steps=args.math_steps, agent_steps=args.agent_steps,
-                        base_steps=args.base_steps, replay_weight=args.replay_weight)
+                        base_steps=args.base_steps, replay_weight=args.replay_weight, seed=args.seed)
     try:
         command = " ".join(["python experiments/llm_merge.py"] + list(sys.argv[1:] if argv is None else argv))
         run(settings, args.out, args.models, args.retrain, command, models_only=args.models_only)
