@@ -206,7 +206,7 @@ def toy_command(tokens: list[str]) -> list[str] | None:
                 tokens += ["--no-checkpoint", "--quiet"]
             m = _option(tokens, "--methods") if sub == "compare" else None
             if m is not None:
-                from m2n2_jax.methods import check_method
+                from m2n2_jax.methods import check as check_method
 
                 i = _option(tokens, "--init")
                 methods = [name.strip() for name in tokens[m + 1].split(",") if name.strip()]
