@@ -57,7 +57,7 @@ class RunOptions:
     progress: True for a tqdm bar, or a callable(done_fp, total_fp, last_metrics).
     checkpointing: where and how often to save, and whether to resume.
     identity_extra: added to what a checkpoint must agree on to be resumed (e.g. CLI settings).
-    devices: devices to spread the runs or children over (engine only; default all local devices).
+    devices: devices to spread the runs or children over (engine only; default jax.devices(): all processes' devices).
     eval_batch_size: children per ``jax.lax.map`` batch when scoring (default: the method's).
     chunk_forward_passes: forward passes per run between returns to Python (progress, saves).
     """

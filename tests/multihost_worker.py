@@ -26,7 +26,7 @@ distributed.initialize(f"127.0.0.1:{port}", jobs[0]["num_processes"], process_id
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from m2n2_jax import evolve, method_config  # noqa: E402
+from m2n2_jax import RunOptions, evolve, method_config  # noqa: E402
 from m2n2_jax.tasks import get_task  # noqa: E402
 
 
@@ -49,15 +49,16 @@ def run(job):
             time.sleep(3600)
 
     res = evolve(method_config("m2n2", children_per_step=job["batch"]), get_task("digits"), job["seeds"],
-                 job["forward_passes"], log_every=job["log_every"], devices=jax.devices(),
-                 checkpoint_dir=job["dir"], checkpoint_every=job["checkpoint_every"],
-                 chunk_forward_passes=job["chunk_forward_passes"], resume=job.get("resume", False), progress=progress)
+                 job["forward_passes"], log_every=job["log_every"],
+                 options=RunOptions.saving(job["dir"], every=job["checkpoint_every"], resume=job.get("resume", False),
+                                           devices=jax.devices(), chunk_forward_passes=job["chunk_forward_passes"],
+                                           progress=progress))
     archive = res.state.archive
     np.savez(os.path.join(job["dir"], f"result-{process_id}.npz"), scores=np.asarray(archive.scores),
              params=np.asarray(archive.params), keys=np.asarray(res.state.key),
              test_accuracy=np.asarray(res.metrics["test_accuracy"]), best_train_score=np.asarray(res.metrics["best_train_score"]))
     info = {"process_id": jax.process_index(), "process_count": jax.process_count(), "global_devices": jax.device_count(),
-            "local_devices": jax.local_device_count(), "execution": res.execution, "forward_passes": res.forward_passes,
+            "local_devices": jax.local_device_count(), "execution": res.extra["execution"], "forward_passes": res.forward_passes,
             "trace": trace}
     with open(os.path.join(job["dir"], f"result-{process_id}.json"), "w") as f:
         json.dump(info, f)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from m2n2_jax import evolve, method_config
+from m2n2_jax import RunOptions, evolve, method_config
 from multihost_launch import isolated, run_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,7 +53,8 @@ def runs(tmp_path_factory, digits):
     out = {"isolated": isolated()}
     for mode, settings in MODES.items():
         res = evolve(method_config("m2n2", children_per_step=settings["batch"]), digits, settings["seeds"],
-                     COMMON["forward_passes"], log_every=COMMON["log_every"], devices=jax.devices()[:1])
+                     COMMON["forward_passes"], log_every=COMMON["log_every"],
+                     options=RunOptions(devices=jax.devices()[:1]))
         out[f"reference-{mode}"] = {"test_accuracy": res.metrics["test_accuracy"],
                                     "best_train_score": res.metrics["best_train_score"],
                                     "scores": np.asarray(res.state.archive.scores),

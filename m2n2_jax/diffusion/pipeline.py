@@ -60,8 +60,7 @@ DEFAULT_SEEDS = (
 
 # Pipeline method -> (engine method, use groups): the registry's M2N2 family with parameter
 # groups, plus "-one-group" (one split point over the whole denoiser) for the grouping ablation.
-METHODS = {**{name: (name, True) for name in names(lambda m: m.family == "engine" and m.name in
-                                                    ("m2n2", "m2n2-no-attraction", "m2n2-no-split-point", "ga"))},
+METHODS = {**{name: (name, True) for name in names(lambda m: m.pipeline_ablation)},
            "m2n2-one-group": ("m2n2", False)}
 
 
@@ -310,11 +309,11 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
                                                 cfg.forward_passes, cfg.seed + r, cfg.cma_population, log=log)
             per_run.append({"training_fid": fid, **measure(ja_encoder, x_cma)})
             if r == 0:
-                display["cma-es"] = (ja_encoder, x_cma)
-        rows["cma-es"] = {"kind": "baseline", "encoder": names[0], "layers": layer_names,
+                display["cma-es-layers"] = (ja_encoder, x_cma)
+        rows["cma-es-layers"] = {"kind": "baseline", "encoder": names[0], "layers": layer_names,
                           "evaluations": cfg.forward_passes, "wall_seconds": round(time.perf_counter() - start, 1),
                           **_summarise(per_run)}
-        log(f"cma-es: {_fmt(rows['cma-es'])}")
+        log(f"cma-es-layers: {_fmt(rows['cma-es-layers'])}")
 
     run_seeds = list(range(cfg.seed, cfg.seed + cfg.runs))
     for method in cfg.methods:
