@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from m2n2_jax import model_files
+from m2n2_jax.io import model_files
 from m2n2_jax.tasks import custom_task
 from m2n2_jax.tasks.digits import load_digits_split
 

@@ -35,7 +35,7 @@ def start_point(task, seed: int):
     """The project's start for a seed (evosax_es.init_run): normal(k_start) * 0.01 from split(PRNGKey(seed), 3)."""
     import jax
 
-    from m2n2_jax.baselines.evosax_es import START_STD
+    from m2n2_jax.methods.evosax_es import START_STD
 
     _, k_start, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
     return jax.random.normal(k_start, (task.num_params,)) * START_STD
@@ -45,7 +45,7 @@ def fitness_fn(task):
     import jax
     import jax.numpy as jnp
 
-    from m2n2_jax import runner
+    from m2n2_jax.engine import runner
 
     acc = lambda v: jnp.mean(task.score_vector(v))
     return jax.jit(lambda pop: runner.evaluate(acc, pop, 2))
@@ -67,8 +67,8 @@ def run_evosax(task, seed: int, generations: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from m2n2_jax import runner
-    from m2n2_jax.baselines import evosax_es
+    from m2n2_jax.engine import runner
+    from m2n2_jax.methods import evosax_es
 
     es, params, spec = evosax_es.build("cma-es", task.num_params)
     acc = lambda v: jnp.mean(task.score_vector(v))

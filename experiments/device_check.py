@@ -28,8 +28,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from m2n2_jax import RunOptions, evolve, method_config, runner  # noqa: E402
-from m2n2_jax.baselines.evosax_es import run_es  # noqa: E402
+from m2n2_jax import RunOptions, evolve, method_config
+from m2n2_jax.engine import runner  # noqa: E402
+from m2n2_jax.methods.evosax_es import run_es  # noqa: E402
 from m2n2_jax.tasks import digits_task  # noqa: E402
 
 SIZES = {

@@ -22,7 +22,7 @@ import jax
 
 from m2n2_jax.diffusion import pipeline, report
 from m2n2_jax.errors import ConfigError, M2N2Error
-from m2n2_jax.results import environment, write_json
+from m2n2_jax.io.results import environment, write_json
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's m2n2_jax
 
-from m2n2_jax import compare, results  # noqa: E402
+from m2n2_jax.io import compare
+from m2n2_jax.io import results  # noqa: E402
 
 RESULTS = "docs/results"
 ANCHORS = "tests/data/reference_digits.json"

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from m2n2_jax import results
+from m2n2_jax.io import results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ANCHORS = os.path.join(HERE, "..", "tests", "data", "reference_digits.json")

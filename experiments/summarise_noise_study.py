@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from m2n2_jax import results
+from m2n2_jax.io import results
 
 CHECKPOINTS = [5000, 10000, 20000, 50000]
 RUNS = [("engine-threefry", "engine key order, threefry noise (the default)"),

@@ -3,15 +3,15 @@
 Evolve and merge neural networks with competition (niche fitness), attraction
 (complementary mate choice) and SLERP crossover with an evolving split point.
 """
-from .chunk_loop import RunOptions, RunResult
-from .config import M2N2Config, M2N2Params
-from .errors import ConfigError, DataError, M2N2Error, ScoreFunctionError, SeedModelError
-from .evolution import evolve
-from .methods import METHODS, method_config
-from .flatten import VectorLayout
-from .strategy import M2N2, ArchiveState
-from .tasks.base import Task
-from .tasks.custom import custom_task
+from m2n2_jax.engine.chunk_loop import RunOptions, RunResult
+from m2n2_jax.algorithm.config import M2N2Config, M2N2Params
+from m2n2_jax.errors import ConfigError, DataError, M2N2Error, ScoreFunctionError, SeedModelError
+from m2n2_jax.engine.evolution import evolve
+from m2n2_jax.methods.registry import METHODS, method_config
+from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.algorithm.strategy import M2N2, ArchiveState
+from m2n2_jax.tasks.base import Task
+from m2n2_jax.tasks.custom import custom_task
 
 __version__ = "0.1.0"
 

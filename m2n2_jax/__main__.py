@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from m2n2_jax.cli import main
 
 sys.exit(main())

@@ -18,10 +18,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from . import runner
-from .config import M2N2Config
-from .per_child_loop import PerChildLoop
-from .tasks import digits_task
+from m2n2_jax.engine import runner
+from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.engine.per_child_loop import PerChildLoop
+from m2n2_jax.tasks import digits_task
 
 # (label, runs, children per step, eval batch size, matmul precision of the scores, all devices?, mutation noise)
 ENGINE_SETTINGS = [

@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 
-from .errors import ConfigError, M2N2Error
+from m2n2_jax.errors import ConfigError, M2N2Error
 
 # Settings that define a run (compared when resuming); None means "not given".
 EVOLVE_DEFAULTS = {
@@ -90,8 +90,8 @@ def _add_distributed_options(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import ALL_METHODS, INITS, KEY_ORDERS, names
-    from .tasks import TASKS
+    from m2n2_jax.methods.registry import ALL_METHODS, INITS, KEY_ORDERS, names
+    from m2n2_jax.tasks import TASKS
 
     parser = OneLineParser(prog="m2n2", description="M2N2: evolve and merge models with natural niches.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="also write bench.json and bench.md here")
     bench.add_argument("--cpu-devices", type=_positive_int, help="CPU devices for the multi-device rows "
                        "(default: one per core, at most 8)")
-    from .llm.chat import add_arguments as chat_arguments
+    from m2n2_jax.llm.chat import add_arguments as chat_arguments
 
     chat_arguments(sub.add_parser("chat", help="greedy answers of a language model (HF directory or .gguf file)"))
     return parser
@@ -205,7 +205,7 @@ def resolve_settings(args, defaults: dict = EVOLVE_DEFAULTS) -> dict:
     given = {k: getattr(args, k) for k in defaults if getattr(args, k) not in (None, [])}
     if not args.resume:
         return {**defaults, **given}
-    from .checkpoint import has_checkpoint, read_latest_meta
+    from m2n2_jax.engine.checkpoint import has_checkpoint, read_latest_meta
 
     if not os.path.isdir(args.resume) or not has_checkpoint(args.resume):
         raise ConfigError(f"--resume {args.resume}: no checkpoint there; point it at the --out directory of a "
@@ -234,8 +234,8 @@ def algorithm_settings(settings: dict) -> dict:
 
 def run_options(args, out: str, settings: dict, method: str, extra: dict | None = None, **rest):
     """How the CLI runs a method: progress unless --quiet, checkpoints in --out unless --no-checkpoint."""
-    from .chunk_loop import RunOptions
-    from .methods import get
+    from m2n2_jax.engine.chunk_loop import RunOptions
+    from m2n2_jax.methods.registry import get
 
     if args.no_checkpoint or not get(method).checkpoints:
         if not args.no_checkpoint:
@@ -252,9 +252,9 @@ def cmd_evolve(args) -> int:
     import jax
     import numpy as np
 
-    from . import results
-    from . import distributed
-    from .methods import DEFAULT_FORWARD_PASSES, INITS, prepare
+    from m2n2_jax.io import results
+    from m2n2_jax.engine import distributed
+    from m2n2_jax.methods.registry import DEFAULT_FORWARD_PASSES, INITS, prepare
 
     settings = resolve_settings(args)
     method, init = settings["method"], settings["init"]
@@ -307,8 +307,8 @@ def _task_of(settings: dict, args, first_model: str | None = None, **options):
     A plugin whose factory takes a ``model`` argument gets the first model being merged unless
     --task-arg model=... says otherwise (llm-exact-match reads the architecture and tokenizer from it).
     """
-    from .tasks import PLUGIN_ALIASES, get_task
-    from .tasks.custom import is_plugin_spec, load_task_factory, parse_task_args, plugin_task, takes_argument
+    from m2n2_jax.tasks import PLUGIN_ALIASES, get_task
+    from m2n2_jax.tasks.custom import is_plugin_spec, load_task_factory, parse_task_args, plugin_task, takes_argument
 
     spec = PLUGIN_ALIASES.get(settings["task"], settings["task"])
     if is_plugin_spec(spec):
@@ -333,7 +333,10 @@ def _task_of(settings: dict, args, first_model: str | None = None, **options):
 def cmd_merge(args) -> int:
     import numpy as np
 
-    from . import distributed, merge_models, methods, model_files
+    from m2n2_jax.engine import distributed
+    from m2n2_jax.methods import merge_models
+    from m2n2_jax.methods import registry as methods
+    from m2n2_jax.io import model_files
 
     settings = resolve_settings(args, MERGE_DEFAULTS)
     paths = settings["models"] or []
@@ -344,7 +347,7 @@ def cmd_merge(args) -> int:
     methods.check(method, "pretrained", num_models=len(paths), archive=settings["archive"])
     task = _task_of(settings, args, first_model=paths[0])
     vectors = np.stack([model_files.load_model(p, task.layout) for p in paths])
-    from .flatten import check_finite_seeds
+    from m2n2_jax.algorithm.flatten import check_finite_seeds
 
     check_finite_seeds(vectors)
     task = merge_models.with_seed_models(task, vectors)
@@ -372,7 +375,9 @@ def _write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, se
     """merged.EXT, results.json, curves.png, table.md (and best_models.npz for dense archives)."""
     import numpy as np
 
-    from . import merge_models, model_files, results
+    from m2n2_jax.methods import merge_models
+    from m2n2_jax.io import model_files
+    from m2n2_jax.io import results
 
     method = settings["method"]
     headline = task.headline_metric
@@ -415,8 +420,8 @@ def _write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, se
 def cmd_compare(args) -> int:
     import shlex
 
-    from . import compare
-    from .methods import check
+    from m2n2_jax.io import compare
+    from m2n2_jax.methods.registry import check
 
     command = "m2n2 " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
     if args.from_dirs:
@@ -440,7 +445,7 @@ def cmd_compare(args) -> int:
 
 def _prepare_output(out: str, args) -> None:
     """Refuse to mix two runs in one directory unless told to resume or overwrite."""
-    from .checkpoint import SUBDIR, has_checkpoint
+    from m2n2_jax.engine.checkpoint import SUBDIR, has_checkpoint
 
     if args.resume:
         return
@@ -461,7 +466,7 @@ def _prepare_output(out: str, args) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_benchmark
+    from m2n2_jax.bench import run_benchmark
 
     run_benchmark(forward_passes=args.forward_passes, loop_forward_passes=args.loop_forward_passes,
                   repeats=args.repeats, out=args.out)
@@ -508,7 +513,7 @@ def _start_distributed(args) -> None:
     """Multi-host: start jax.distributed when --distributed or the coordinator options are given."""
     explicit = [getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")]
     if getattr(args, "distributed", False) or any(v is not None for v in explicit):
-        from . import distributed
+        from m2n2_jax.engine import distributed
 
         distributed.initialize(*explicit)
 
@@ -521,14 +526,14 @@ def main(argv=None) -> int:
         expose_cpu_devices(args.cpu_devices)
     try:
         _start_distributed(args)
-        from .llm.chat import run as cmd_chat
+        from m2n2_jax.llm.chat import run as cmd_chat
 
         return {"evolve": cmd_evolve, "merge": cmd_merge, "compare": cmd_compare,
                 "bench": cmd_bench, "chat": cmd_chat}[args.command](args)
     except M2N2Error as err:
-        from .evolution import Interrupted
+        from m2n2_jax.engine.evolution import Interrupted
 
-        from . import distributed
+        from m2n2_jax.engine import distributed
 
         distributed.report_start_failure(err)  # multi-host: the other processes stop too
         print(f"m2n2: {'stopped' if isinstance(err, Interrupted) else 'error'}: {err}", file=sys.stderr)

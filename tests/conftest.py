@@ -20,7 +20,9 @@ def _keep_xla_flags():
         os.environ["XLA_FLAGS"] = before
 
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))  # tests/ (its sub-folders mirror the package)
+ROOT_DIR = os.path.dirname(TESTS_DIR)  # the checkout
+DATA_DIR = DATA = os.path.join(TESTS_DIR, "data")
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +39,7 @@ def run_cli(*args, env=None, cwd=None):
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [ROOT_DIR, os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "m2n2_jax", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, "PYTHONPATH": path, **(env or {})})
 

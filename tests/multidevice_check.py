@@ -10,7 +10,8 @@ import json
 import jax
 import numpy as np
 
-from m2n2_jax import M2N2Config, RunOptions, evolve, runner
+from m2n2_jax import M2N2Config, RunOptions, evolve
+from m2n2_jax.engine import runner
 from m2n2_jax.tasks import digits_task
 
 task = digits_task()

@@ -2,7 +2,7 @@
 
     python tests/multihost_worker.py JOBS.json PORT PROCESS_ID
 
-Starts JAX's multi-controller runtime (m2n2_jax.distributed.initialize with the
+Starts JAX's multi-controller runtime (m2n2_jax.engine.distributed.initialize with the
 coordinator on 127.0.0.1:PORT); for each job of the list in JOBS.json runs
 ``evolve`` over the devices of all processes with checkpoints in JOB["dir"], and writes what it got to
 JOB["dir"]/result-PROCESS_ID.npz (archives, keys, curves) and .json (how it ran). With JOB["stall_at"], process 0 writes
@@ -19,7 +19,7 @@ job_path, port, process_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(job_path) as f:
     jobs = json.load(f)
 
-from m2n2_jax import distributed  # noqa: E402 (before JAX starts its backend)
+from m2n2_jax.engine import distributed  # noqa: E402 (before JAX starts its backend)
 
 distributed.initialize(f"127.0.0.1:{port}", jobs[0]["num_processes"], process_id, timeout_seconds=120)
 

@@ -206,7 +206,7 @@ def toy_command(tokens: list[str]) -> list[str] | None:
                 tokens += ["--no-checkpoint", "--quiet"]
             m = _option(tokens, "--methods") if sub == "compare" else None
             if m is not None:
-                from m2n2_jax.methods import check as check_method
+                from m2n2_jax.methods.registry import check as check_method
 
                 i = _option(tokens, "--init")
                 methods = [name.strip() for name in tokens[m + 1].split(",") if name.strip()]
@@ -340,7 +340,7 @@ def test_parse_only_parses_without_running(tmp_path):
 
 
 def test_cpu_description_names_model_and_bf16_flags(tmp_path):
-    from m2n2_jax.results import cpu_description
+    from m2n2_jax.io.results import cpu_description
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 167\nmodel name\t: Intel(R) Xeon(R) "

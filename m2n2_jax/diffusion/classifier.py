@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..tasks.digits import load_digits_split
+from m2n2_jax.tasks.digits import load_digits_split
 
 HIDDEN = 128
 FEATURES = 32

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..crossover import slerp
-from ..errors import ConfigError, SeedModelError
+from m2n2_jax.algorithm.crossover import slerp
+from m2n2_jax.errors import ConfigError, SeedModelError
 
 
 def linear_average(vectors):
@@ -108,7 +108,7 @@ def cma_es_layers(seeds, ids, num_layers: int, features_fn, ref_features, budget
     """
     from evosax.algorithms import CMA_ES
 
-    from .classifier import frechet_distance
+    from m2n2_jax.diffusion.classifier import frechet_distance
 
     seeds = jnp.asarray(seeds)
     shape = (num_layers, seeds.shape[0])

@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..errors import ConfigError
-from .prompts import MAX_TOKENS, VOCAB
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.diffusion.prompts import MAX_TOKENS, VOCAB
 
 IMAGE_DIM = 64
 RAW_MAX = 16.0

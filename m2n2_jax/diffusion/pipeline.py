@@ -23,17 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..methods import method_config, names
-from ..crossover import slerp
-from ..errors import ConfigError
-from ..flatten import VectorLayout
-from ..groups import GroupSpec
-from ..results import mean_and_sem
-from ..tasks.digits import load_digits_split
-from . import classifier as clf
-from . import merge, search, train
-from .model import ModelConfig
-from .task import attention_group, consistency, evaluate, full_params, pair_scores, pair_set
+from m2n2_jax.methods.registry import method_config, names
+from m2n2_jax.algorithm.crossover import slerp
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.algorithm.groups import GroupSpec
+from m2n2_jax.io.results import mean_and_sem
+from m2n2_jax.tasks.digits import load_digits_split
+from m2n2_jax.diffusion import classifier as clf
+from m2n2_jax.diffusion import merge
+from m2n2_jax.diffusion import search
+from m2n2_jax.diffusion import train
+from m2n2_jax.diffusion.model import ModelConfig
+from m2n2_jax.diffusion.task import attention_group, consistency, evaluate, full_params, pair_scores, pair_set
 
 LANGS = ("japanese", "english")
 

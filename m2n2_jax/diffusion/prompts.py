@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import M2N2Error
+from m2n2_jax.errors import M2N2Error
 
 PAD = "<pad>"
 MAX_TOKENS = 4

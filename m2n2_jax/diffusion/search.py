@@ -10,7 +10,7 @@ For continuous scores the paper does two more things, done here:
 Both are computed over the archive members for parent selection, and over
 the members plus the child for insertion. Empty slots are never parents and
 are filled first. Crossover is the engine's, with parameter groups when the
-config has them (:mod:`m2n2_jax.groups`); there is no mutation (merging).
+config has them (:mod:`m2n2_jax.algorithm.groups`); there is no mutation (merging).
 Runs are vmapped; a step draws B children per run from one snapshot,
 evaluates all R * B together and inserts them one after another.
 """
@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import crossover as xo
-from .. import niches
-from ..config import M2N2Config
-from ..errors import ConfigError
-from ..groups import grouped_crossover
+from m2n2_jax.algorithm import crossover as xo
+from m2n2_jax.algorithm import niches
+from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.algorithm.groups import grouped_crossover
 
 
 @flax.struct.dataclass

@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ConfigError
-from ..flatten import VectorLayout
-from . import classifier as clf
-from . import prompts as pr
-from .model import ModelConfig, fixed_noise, sample, to_raw
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.diffusion import classifier as clf
+from m2n2_jax.diffusion import prompts as pr
+from m2n2_jax.diffusion.model import ModelConfig, fixed_noise, sample, to_raw
 
 
 @flax.struct.dataclass

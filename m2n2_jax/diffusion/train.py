@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..errors import ConfigError
-from . import prompts as pr
-from .model import ModelConfig, init_params, to_model_space, velocity
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.diffusion import prompts as pr
+from m2n2_jax.diffusion.model import ModelConfig, init_params, to_model_space, velocity
 
 TRAINABLE = ("all", "denoiser")
 TIME_SAMPLING = ("uniform", "logit-normal")

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), raw: bool = False) -> list[str]:
     """The model's greedy answer to each prompt (special tokens and the end token removed)."""
-    from . import checkpoint, generate, text
+    from m2n2_jax.llm import checkpoint
+    from m2n2_jax.llm import generate
+    from m2n2_jax.llm import text
 
     tokenizer = text.load_hf_tokenizer(model)
     config, params = checkpoint.load(model)
@@ -44,7 +46,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from ..errors import M2N2Error
+    from m2n2_jax.errors import M2N2Error
 
     args = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     try:

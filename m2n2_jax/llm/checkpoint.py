@@ -15,8 +15,8 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ..errors import DataError
-from .config import LlamaConfig, read_config
+from m2n2_jax.errors import DataError
+from m2n2_jax.llm.config import LlamaConfig, read_config
 
 _LINEAR = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 _NORMS = ("input_layernorm", "post_attention_layernorm")
@@ -153,7 +153,7 @@ def save(directory: str, config: LlamaConfig, params, dtype=None, max_shard_byte
     os.makedirs(directory, exist_ok=True)
     files = []
     if like is not None and like.lower().endswith(".gguf"):
-        from . import gguf_file
+        from m2n2_jax.llm import gguf_file
 
         hf_config, extras = gguf_file.hf_files(like)
         dtype = dtype or "float32"
@@ -243,7 +243,7 @@ def read_tensors(directory: str) -> dict[str, np.ndarray]:
 def load_config(path: str) -> LlamaConfig:
     """The config of a Hugging Face directory or a .gguf file."""
     if path.lower().endswith(".gguf"):
-        from . import gguf_file
+        from m2n2_jax.llm import gguf_file
 
         return gguf_file.config_of(path)
     return LlamaConfig.load(path)
@@ -252,7 +252,7 @@ def load_config(path: str) -> LlamaConfig:
 def load(path: str, dtype=np.float32) -> tuple[LlamaConfig, dict]:
     """(config, Flax params) of a Hugging Face checkpoint directory or a .gguf file, cast to ``dtype``."""
     if path.lower().endswith(".gguf"):
-        from . import gguf_file
+        from m2n2_jax.llm import gguf_file
 
         return gguf_file.load(path, dtype)
     config = LlamaConfig.load(path)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 
-from ..errors import ConfigError, DataError
+from m2n2_jax.errors import ConfigError, DataError
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",

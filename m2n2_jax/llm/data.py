@@ -15,8 +15,8 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import ConfigError
-from .tokenizer import WordTokenizer
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.llm.tokenizer import WordTokenizer
 
 NAMES = ("ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal")
 OBJECTS = ("pens", "apples", "cards", "coins", "books", "cups")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import apply
+from m2n2_jax.llm.model import apply
 
 
 def greedy_generate(config, params, tokens, prompt_lengths, max_new_tokens: int, eos_id: int, pad_id: int = 0):

@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from ..errors import DataError
-from .config import ARCHITECTURES, LlamaConfig
+from m2n2_jax.errors import DataError
+from m2n2_jax.llm.config import ARCHITECTURES, LlamaConfig
 
 ARCHES = ("llama", "qwen2", "qwen3")
 _TENSORS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -154,7 +154,7 @@ def read_tensors(path: str, config: LlamaConfig | None = None) -> dict[str, np.n
 
 def load(path: str, dtype=np.float32) -> tuple[LlamaConfig, dict]:
     """(config, Flax params) of a GGUF file."""
-    from .checkpoint import hf_to_params
+    from m2n2_jax.llm.checkpoint import hf_to_params
 
     config = config_of(path)
     tensors = {k: v.astype(dtype) for k, v in read_tensors(path, config).items()}

@@ -16,7 +16,7 @@ import numpy as np
 import flax
 import flax.linen as nn
 
-from .config import LlamaConfig
+from m2n2_jax.llm.config import LlamaConfig
 
 _INIT = nn.initializers.normal(0.02)
 

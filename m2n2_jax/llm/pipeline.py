@@ -2,7 +2,7 @@
 merge them with M2N2 (recipe archive) and the classic baselines, evaluate.
 
 Imperative shell over the pure pieces in :mod:`m2n2_jax.llm`,
-:mod:`m2n2_jax.merging` and :mod:`m2n2_jax.recipes`. Every step prints its
+:mod:`m2n2_jax.methods.classic_merges` and :mod:`m2n2_jax.algorithm.recipes`. Every step prints its
 progress; trained models are cached as HF checkpoints under ``--models``.
 """
 from __future__ import annotations
@@ -18,14 +18,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import crossover, merging, recipes
-from ..methods import method_config, names
-from ..errors import M2N2Error
-from ..flatten import VectorLayout
-from ..results import environment, write_json
-from . import checkpoint, data, generate, model, train
-from .config import LlamaConfig
-from .tokenizer import WordTokenizer
+from m2n2_jax.algorithm import crossover
+from m2n2_jax.methods import classic_merges as merging
+from m2n2_jax.algorithm import recipes
+from m2n2_jax.methods.registry import method_config, names
+from m2n2_jax.errors import M2N2Error
+from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.io.results import environment, write_json
+from m2n2_jax.llm import checkpoint
+from m2n2_jax.llm import data
+from m2n2_jax.llm import generate
+from m2n2_jax.llm import model
+from m2n2_jax.llm import train
+from m2n2_jax.llm.config import LlamaConfig
+from m2n2_jax.llm.tokenizer import WordTokenizer
 
 TASKS = ("math", "agent")
 M2N2_METHODS = names(lambda m: m.pipeline_ablation)

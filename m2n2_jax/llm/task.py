@@ -22,11 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import DataError
-from ..tasks.custom import custom_task
-from . import checkpoint, generate
-from .data import Batch, encode
-from .text import HFTokenizer, load_tokenizer  # noqa: F401  (HFTokenizer: re-exported)
+from m2n2_jax.errors import DataError
+from m2n2_jax.tasks.custom import custom_task
+from m2n2_jax.llm import checkpoint
+from m2n2_jax.llm import generate
+from m2n2_jax.llm.data import Batch, encode
+from m2n2_jax.llm.text import HFTokenizer, load_tokenizer  # noqa: F401  (HFTokenizer: re-exported)
 
 
 def read_examples(path: str, limit: int | None = None) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import DataError
+from m2n2_jax.errors import DataError
 
 
 def join(prompt: str, answer: str, separator: str = " ") -> str:
@@ -114,7 +114,7 @@ def load_hf_tokenizer(path: str, separator: str = " ") -> HFTokenizer:
         raise DataError(f"{path}: reading a Hugging Face tokenizer needs the tokenizers package: "
                         "pip install -e '.[llm]' (or pip install tokenizers).") from None
     if path.lower().endswith(".gguf"):
-        from . import gguf_file
+        from m2n2_jax.llm import gguf_file
 
         config, files = gguf_file.hf_files(path)
         tokenizer = gguf_file.build_tokenizer(path)
@@ -146,7 +146,7 @@ def load_tokenizer(path: str, separator: str = " "):
         if not os.path.isfile(file):
             raise DataError(f"no tokenizer.json in {path}; the model directory needs its tokenizer.")
         if _json(file).get("type") == "m2n2-word":
-            from .tokenizer import WordTokenizer
+            from m2n2_jax.llm.tokenizer import WordTokenizer
 
             return WordTokenizer.load(path)
     return load_hf_tokenizer(path, separator)
@@ -156,7 +156,7 @@ def chat_prompt(path: str, message: str) -> str:
     """``message`` as a user turn in the model's chat template (tokenizer_config.json or GGUF metadata),
     ready for the assistant's answer; the message itself when there is no template."""
     if path.lower().endswith(".gguf"):
-        from . import gguf_file
+        from m2n2_jax.llm import gguf_file
 
         tokenizer_config = gguf_file.hf_files(path)[1]["tokenizer_config.json"]
     else:

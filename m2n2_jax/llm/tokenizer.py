@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..errors import DataError
+from m2n2_jax.errors import DataError
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)

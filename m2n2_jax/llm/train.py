@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .generate import answer_loss
+from m2n2_jax.llm.generate import answer_loss
 
 
 def train(config, params, batch, steps: int, seed: int, batch_size: int = 64, learning_rate: float = 3e-3,

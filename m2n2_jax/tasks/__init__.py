@@ -1,11 +1,11 @@
 """Built-in tasks, by name."""
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .base import Task
-from .custom import custom_task, is_plugin_spec, plugin_task
-from .digits import digits_task
-from .mnist import mnist5k_task, mnist_task
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.tasks.base import Task
+from m2n2_jax.tasks.custom import custom_task, is_plugin_spec, plugin_task
+from m2n2_jax.tasks.digits import digits_task
+from m2n2_jax.tasks.mnist import mnist5k_task, mnist_task
 
 _ONLY_MODEL_OPTIONS = ("hidden", "matmul_precision")
 TASKS = {

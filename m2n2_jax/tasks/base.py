@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import jax
 
-from ..flatten import VectorLayout
+from m2n2_jax.algorithm.flatten import VectorLayout
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -18,9 +18,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ..errors import ConfigError, ScoreFunctionError
-from ..flatten import VectorLayout
-from .base import Task, metric_shapes
+from m2n2_jax.errors import ConfigError, ScoreFunctionError
+from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.tasks.base import Task, metric_shapes
 
 
 def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Callable | None = None, *,

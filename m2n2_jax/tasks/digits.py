@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ConfigError
-from ..flatten import VectorLayout
-from .base import Task
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.tasks.base import Task
 
 TRAIN_FRACTION = 0.8
 SEED_STD = 0.01
@@ -121,7 +121,7 @@ def classification_task(name: str, model: MLP, train, test, seed_std: float = SE
 
 
 def digits_task(hidden: int = 256, matmul_precision: str = "float32") -> Task:
-    from ..pretrained import digits_pretrained_pair
+    from m2n2_jax.tasks.pretrained import digits_pretrained_pair
 
     train, test = load_digits_split()
     return classification_task(

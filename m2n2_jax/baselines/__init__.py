@@ -1,1 +1,0 @@
-"""Baselines of the paper: evosax strategies, MAP-Elites and brute-force SLERP search."""

@@ -1,0 +1,241 @@
+"""Several independent M2N2 runs as one compiled program, in chunks.
+
+All runs share one jitted step: children of every run are drawn (vmap over
+runs), evaluated together with ``jax.lax.map`` (faster than one big vmap on
+CPUs), and told to their own archives (vmap). A chunk of steps runs inside
+``jax.lax.scan`` and returns the logged metrics, so a Python loop around the
+chunks can show progress and save checkpoints between them.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from m2n2_jax.algorithm import strategy
+from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.tasks.base import Task
+
+
+@flax.struct.dataclass
+class RunsState:
+    """R runs: archives with a leading run axis, one PRNG key per run, steps done."""
+
+    archive: strategy.ArchiveState
+    key: jax.Array
+    step: jax.Array
+
+
+def evaluate(score_vector, vectors, batch_size: int) -> jax.Array:
+    """Scores [M, N] of flat models [M, D] with jax.lax.map in batches."""
+    batch_size = max(1, min(batch_size, vectors.shape[0]))
+    return jax.lax.map(score_vector, vectors, batch_size=batch_size)
+
+
+def device_mesh(devices, num_runs: int, children_per_step: int = 1):
+    """A 1-D mesh for the runs, or None for one device.
+
+    Two ways to use several devices, chosen by how many devices each can keep busy:
+    - axis "runs": each device owns whole runs (R / n of them) and does their
+      asks, evaluations and tells itself; nothing crosses devices. Preferred
+      whenever it uses as many devices as the other way, because the small
+      per-run operations then run in parallel too (on a CPU split into one
+      device per core this made 10 runs at B = 1 1.26x faster).
+    - axis "children": every device holds all archives, scores 1/n of each
+      step's children and all-gathers the scores (for few runs with B > 1).
+
+    Devices that cannot be used evenly stay idle; a warning says so when the
+    devices were given explicitly.
+    """
+    import warnings
+
+    import numpy as np
+
+    explicit = devices is not None  # only then is an idle device worth a warning
+    devices = list(jax.devices() if devices is None else devices)  # one process: its local devices
+    if not devices:
+        raise ConfigError("no devices to run on; pass --devices 1 or more.")
+
+    def largest_divisor(count):
+        return max(n for n in range(1, len(devices) + 1) if count % n == 0)
+
+    by_runs, by_children = largest_divisor(num_runs), largest_divisor(num_runs * children_per_step)
+    usable = by_children
+    if usable < len(devices) and explicit:
+        warnings.warn(f"{num_runs} runs x {children_per_step} children per step cannot be split evenly over "
+                      f"{len(devices)} devices; using {usable}. Choose runs (or runs x batch) divisible by the "
+                      "device count to use them all.", stacklevel=2)
+    if usable == 1:
+        return None
+    axis = "runs" if by_runs == by_children else "children"
+    chosen = devices[:usable]
+    if jax.process_count() > 1:  # multi-host: every process runs the program, so each needs a device in it
+        from m2n2_jax.engine.distributed import check_mesh_spans_processes
+
+        chosen = check_mesh_spans_processes(devices, usable, num_runs if axis == "runs" else num_runs * children_per_step)
+    return jax.sharding.Mesh(np.array(chosen), (axis,))
+
+
+def sharded_evaluate(score_vector, mesh, batch_size: int):
+    """Scores of replicated children [M, D], each device scoring its M / n and all-gathering.
+
+    Per step only the score matrix [M, N] crosses devices (and hosts): the
+    archives, asks and tells are replicated and identical everywhere.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    if mesh is None:
+        return lambda vectors: evaluate(score_vector, vectors, batch_size)
+
+    def local(vectors):
+        return jax.lax.all_gather(evaluate(score_vector, vectors, batch_size), "children", tiled=True)
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=P("children"), out_specs=P(), check_vma=False)
+    replicated = jax.sharding.NamedSharding(mesh, P())
+
+    # Pin the children as replicated: otherwise XLA's sharding propagation builds each device's
+    # share only and all-gathers the children [M, D] for the tell (measured across two processes:
+    # 168 KB per step for 2 digits children instead of the 11.5 KB of their scores).
+    return lambda vectors: sharded(jax.lax.with_sharding_constraint(vectors, replicated))
+
+
+def replicate(tree, mesh):
+    """Place a pytree on every device of the mesh (no-op without a mesh)."""
+    if mesh is None:
+        return tree
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def runs_spec(state: RunsState):
+    """PartitionSpecs of a RunsState split along its run axis (the step counter is shared)."""
+    from jax.sharding import PartitionSpec as P
+
+    return RunsState(archive=jax.tree.map(lambda _: P("runs"), state.archive), key=P("runs"), step=P())
+
+
+def shard_runs(state: RunsState, mesh) -> RunsState:
+    """Place each device's runs on it."""
+    from jax.sharding import NamedSharding
+
+    return jax.device_put(state, jax.tree.map(lambda p: NamedSharding(mesh, p), runs_spec(state)))
+
+
+def default_eval_batch_size(num_children: int, platform: str | None = None) -> int:
+    """Children scored per lax.map iteration.
+
+    On CPUs one at a time: with XLA's CPU dot kernels that measured fastest
+    inside the engine step (docs/results/bench). On GPUs and TPUs all of a
+    step's children at once, which fills the accelerator.
+    """
+    platform = platform or jax.default_backend()
+    return 1 if platform == "cpu" else max(1, num_children)
+
+
+def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_models=None) -> RunsState:
+    """Archives of R runs. Run r uses PRNGKey(run_seeds[r]).
+
+    From scratch (seed_models None) each run splits its key into
+    (key, k_1, k_2) and draws its two seeds from k_1, k_2, as the reference
+    does; otherwise every run starts from the given seed models [K, D].
+    """
+    if len(run_seeds) < 1:
+        raise ConfigError("at least one run is needed (got 0 run seeds); pass --runs 1 or more.")
+
+    strat = strategy.M2N2(config, layout=task.layout)
+    params = config.params()
+
+    def one(seed):
+        key, seeds = run_start(task, seed, seed_models)
+        scores = evaluate(task.score_vector, seeds, 1)
+        return strat.init(key, seeds, scores, params, task.capacity), key
+
+    archive, keys = jax.jit(jax.vmap(one))(jnp.asarray(run_seeds, jnp.uint32))
+    return RunsState(archive=archive, key=keys, step=jnp.zeros((), jnp.int32))
+
+
+def run_start(task: Task, seed, seed_models=None):
+    """(key, seeds [K, D]) of a run: PRNGKey(seed) split into (key, k_1, k_2), the two
+    N(0, 0.01^2) seeds drawn from k_1, k_2 as the reference does; or the given models."""
+    key = jax.random.PRNGKey(seed)
+    if seed_models is not None:
+        return key, jnp.asarray(seed_models)
+    key, k_a, k_b = jax.random.split(key, 3)
+    return key, jnp.stack([task.random_seed(k_a), task.random_seed(k_b)])
+
+
+def make_step(config: M2N2Config, task: Task, eval_batch_size: int, mesh=None):
+    """One step of all runs: ask (B children each), evaluate all (sharded over the mesh), tell.
+
+    Each run's key is split into (next, sub) and ``sub`` goes to the strategy's
+    ``ask``, which owns the key order (in reference order it uses the key in
+    its state instead).
+    """
+    score_children = sharded_evaluate(task.score_vector, mesh, eval_batch_size)
+    strat = strategy.M2N2(config, layout=task.layout)
+    params = config.params()
+
+    def step(state: RunsState) -> RunsState:
+        split = jax.vmap(jax.random.split)(state.key)
+        next_keys, subs = split[:, 0], split[:, 1]
+        children, archive = jax.vmap(lambda k, a: strat.ask(k, a, params))(subs, state.archive)
+        runs, batch, dim = children.shape
+        scores = score_children(children.reshape(runs * batch, dim))
+        scores = scores.reshape(runs, batch, -1)
+        # tell draws nothing; it gets the ask key only for evosax's signature
+        archive, _ = jax.vmap(lambda k, c, sc, a: strat.tell(k, c, sc, a, params))(subs, children, scores, archive)
+        return RunsState(archive=archive, key=next_keys, step=state.step + 1)
+
+    return step
+
+
+def archive_metrics(task: Task, archive: strategy.ArchiveState) -> dict:
+    """Metrics of each run's best member (highest mean training score)."""
+
+    def one(a):
+        best = a.best_index
+        return {**task.metrics(a.params[best]), "best_train_score": jnp.mean(a.scores[best]),
+                "inserted": a.inserted}
+
+    return jax.vmap(one)(archive)
+
+
+def make_chunk(config: M2N2Config, task: Task, steps_per_log: int, eval_batch_size: int, mesh=None):
+    """jit(state, num_logs, steps_per_log=steps_per_log) -> (state, metrics [num_logs, R]).
+
+    The scan over log intervals is chunk_loop.scan_logs, shared with every method.
+    With a "runs" mesh every device advances its own runs with no
+    communication; with a "children" mesh the children of each step are
+    sharded (see device_mesh).
+    """
+    from m2n2_jax.engine.chunk_loop import scan_logs
+
+    by_runs = mesh is not None and mesh.axis_names == ("runs",)
+    step = make_step(config, task, eval_batch_size, None if by_runs else mesh)
+    scan_chunk = scan_logs(step, lambda state: archive_metrics(task, state.archive))
+
+    if not by_runs:
+        jitted = jax.jit(scan_chunk, static_argnums=(1, 2))
+
+        def chunk(state: RunsState, num_logs: int, steps: int = steps_per_log):
+            return jitted(state if mesh is None else replicate(state, mesh), num_logs, steps)
+
+        return chunk
+
+    from jax.sharding import PartitionSpec as P
+
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def chunk_by_runs(state: RunsState, num_logs: int, steps: int):
+        spec = runs_spec(state)
+        local = jax.shard_map(functools.partial(scan_chunk, num_logs=num_logs, steps_per_log=steps), mesh=mesh,
+                              in_specs=(spec,), out_specs=(spec, P(None, "runs")), check_vma=False)
+        return local(state)
+
+    return lambda state, num_logs, steps=steps_per_log: chunk_by_runs(shard_runs(state, mesh), num_logs, steps)
+
+

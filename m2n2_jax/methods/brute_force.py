@@ -1,0 +1,69 @@
+"""Brute-force reference line: the best of many SLERP ratios between two models.
+
+Ratios t_i = i / (K - 1), i = 0..K-1 (t = 0 is model A, t = 1 is model B);
+each merged model SLERP(A, B; t) is scored on the training set (one forward
+pass each) and the first ratio with the highest training accuracy is kept.
+The search is deterministic, so every run gives the same line.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from m2n2_jax.algorithm import crossover as xo
+from m2n2_jax.engine import runner
+from m2n2_jax.engine.chunk_loop import RunResult
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.tasks.base import Task
+
+RATIOS = 10_000
+
+
+def ratio_grid(count: int) -> jax.Array:
+    return jnp.linspace(0.0, 1.0, count, dtype=jnp.float32)
+
+
+def search(task: Task, a, b, count: int = RATIOS, eval_batch_size: int = 4):
+    """(ratios [K], training accuracies [K], best index) of SLERP(a, b; t) over the grid."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    ratios = ratio_grid(count)
+
+    @jax.jit
+    def accuracies(ts):
+        cx, cy = xo.slerp_coefficients(a, b, ts)
+        return runner.evaluate(lambda c: jnp.mean(task.score_vector(c[0] * a + c[1] * b)),
+                               jnp.stack([cx, cy], axis=1), eval_batch_size)
+
+    acc = accuracies(ratios)
+    return ratios, acc, jnp.argmax(acc)
+
+
+def run_brute_force(task: Task, seeds: Sequence[int], forward_passes: int = RATIOS, *,
+                    seed_models=None) -> RunResult:
+    """Search ``forward_passes`` ratios between the two pre-trained models; a flat line per run
+    of every metric the task reports for the best ratio's model."""
+    if seed_models is None:
+        raise ConfigError("brute-force searches SLERP ratios between two pre-trained models; pass --init pretrained.")
+    seed_models = np.asarray(seed_models)
+    if seed_models.shape[0] != 2:
+        raise ConfigError(f"brute-force needs exactly two models (got {seed_models.shape[0]}).")
+    if forward_passes < 2:
+        raise ConfigError(f"brute-force needs at least 2 ratios (got a budget of {forward_passes}).")
+    seeds = [int(s) for s in seeds] or [0]
+    start = time.perf_counter()
+    ratios, acc, best = search(task, seed_models[0], seed_models[1], forward_passes)
+    best_t = float(ratios[best])
+    merged = xo.slerp(jnp.asarray(seed_models[0]), jnp.asarray(seed_models[1]), best_t)
+    reported = {k: float(v) for k, v in task.metrics(merged).items()}
+    wall = time.perf_counter() - start
+    runs = len(seeds)
+    metrics = {k: np.full((runs, 2), v) for k, v in reported.items()}
+    metrics["best_train_score"] = np.full((runs, 2), float(acc[best]))
+    config = {"method": "brute-force", "ratios": forward_passes, "grid": "t_i = i / (K - 1), SLERP(A, B; t)",
+              "note": "deterministic: every run is the same reference line"}
+    return RunResult("brute-force", seeds, [0, forward_passes], metrics, wall, config,
+                     np.tile(np.asarray(merged), (runs, 1)), extra={"best_ratio": round(best_t, 6)}, task=task.name)
