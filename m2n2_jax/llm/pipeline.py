@@ -180,17 +180,18 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
     ratios = np.linspace(0, 1, 21)
     t, v = best_of([(float(r), crossover.slerp(seeds[0], seeds[1], float(r))) for r in ratios])
     report("SLERP (best ratio)", v, ratio=t)
+    tensor_ids = merging.leaf_groups(layout)
     scales = [0.5, 0.75, 1.0, 1.25]
     t, v = best_of([(sc, merging.task_arithmetic(base_vec, seeds, sc)) for sc in scales])
     report("task arithmetic", v, scale=t)
-    t, v = best_of([((dens, sc), merging.ties(base_vec, seeds, dens, sc)) for dens in (0.2, 0.5) for sc in scales])
-    report("TIES", v, density=t[0], scale=t[1])
-    masks = merging.dare_masks(jax.random.PRNGKey(s.seed), 2, layout.size, 0.5)
-    t, v = best_of([(sc, merging.dare(base_vec, seeds, masks, 0.5, sc)) for sc in scales])
-    report("DARE (drop 0.5)", v, scale=t)
-
+    t, v = best_of([((dens, sc), merging.ties(base_vec, seeds, tensor_ids, density=dens, scale=sc))
+                    for dens in (0.2, 0.5) for sc in scales])
+    report("TIES (mergekit, per tensor)", v, density=t[0], scale=t[1])
+    masks = merging.dare_keep_masks(jax.random.PRNGKey(s.seed), 2, layout.size, 0.5)
+    t, v = best_of([(sc, merging.dare_linear(base_vec, seeds, tensor_ids, masks, scale=sc)) for sc in scales])
+    report("DARE linear (density 0.5, L1 rescale)", v, scale=t)
     log(f"CMA-ES over per-tensor merge coefficients ({s.budget} forward passes)")
-    v, curve = cma_es_merge(base_vec, seeds, merging.leaf_groups(layout), score_vector, s.budget, s.seed)
+    v, curve = cma_es_merge(base_vec, seeds, tensor_ids, score_vector, s.budget, s.seed)
     report("CMA-ES (per-tensor)", v, curve=curve)
 
     memory = None
