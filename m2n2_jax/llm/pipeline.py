@@ -20,6 +20,7 @@ import numpy as np
 
 from m2n2_jax.algorithm import crossover
 from m2n2_jax.methods import classic_merges as merging
+from m2n2_jax.methods import layer_cma
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.methods.registry import method_config, names
 from m2n2_jax.errors import M2N2Error
@@ -266,27 +267,9 @@ def m2n2_merge(config, bank, score_vector, budget: int, seed: int, adaptive_capa
 
 
 def cma_es_merge(base, seeds, groups, score_vector, budget: int, seed: int):
-    """CMA-ES (evosax, minimising) over [G, K] task-arithmetic coefficients; best solution seen."""
-    from evosax.algorithms import CMA_ES
-
-    num_groups = int(groups.max()) + 1
-    shape = (num_groups, seeds.shape[0])
-    es = CMA_ES(population_size=16, solution=jnp.zeros(shape))
-    params = es.default_params.replace(std_init=0.3)
-    key = jax.random.PRNGKey(seed)
-    state = es.init(key, jnp.full(shape, 0.5), params)
-    merge = jax.jit(lambda w: merging.grouped_task_arithmetic(base, seeds, groups, w))
-    best, best_w, evaluated, curve = -1.0, None, 0, []
-    while evaluated < budget:
-        key, k_ask, k_tell = jax.random.split(key, 3)
-        population, state = es.ask(k_ask, state, params)
-        fit = np.array([float(jnp.mean(score_vector(merge(w)))) for w in population])
-        evaluated += len(fit)
-        if fit.max() > best:
-            best, best_w = float(fit.max()), population[int(fit.argmax())]
-        state, _ = es.tell(k_tell, population, -jnp.asarray(fit), state, params)
-        curve.append((evaluated, best))
-    return merge(best_w), curve
+    """CMA-ES (evosax) over [G, K] task-arithmetic coefficients; the best merge seen and its curve."""
+    result = layer_cma.cma_es_task_arithmetic(base, seeds, groups, score_vector, budget, seed)
+    return result.vector, result.curve
 
 
 def seven_b_arithmetic(num_params: float = 6.74e9, bytes_per_param: int = 2, seeds: int = 2, members: int = 20) -> dict:
