@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import resource
@@ -129,15 +130,26 @@ def split_scores(scores, num_math: int) -> dict:
 # ---------------------------------------------------------------- held-out evaluation
 
 
-def held_out(name: str, config, params, tokenizer, s: Settings, out: str) -> dict:
-    """Held-out math accuracy, agent reward and success rate (cached in ``out/evals/name.json``)."""
-    path = os.path.join(out, "evals", f"{name}.json")
+def vector_key(vector) -> str:
+    """A hash of a flat parameter vector (a strided sample and the float64 sum): names identical merges."""
+    x = np.asarray(vector, np.float32)
+    return hashlib.sha1(x[::101].tobytes() + np.float64(np.sum(x, dtype=np.float64)).tobytes()).hexdigest()[:16]
+
+
+def held_out(name: str, config, params, tokenizer, s: Settings, out: str, key: str) -> dict:
+    """Held-out math accuracy, agent reward and success rate, cached in ``out/evals/by_vector/KEY.json`` (a merge
+    identical to one evaluated before, e.g. a search ending at a seed, is not evaluated twice) and copied to
+    ``out/evals/NAME.json``."""
+    path = os.path.join(out, "evals", "by_vector", f"{key}.json")
+    named = os.path.join(out, "evals", f"{name}.json")
     want = {"math_test": s.math_test, "agent_test": s.agent_test, "seed": s.seed}
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)
         if cached.get("settings") == want:
-            return cached
+            with open(named, "w") as f:
+                json.dump(cached, f)
+            return {**cached, "eval_seconds": 0.0, "same_as": cached.get("first_name")}
     start = time.perf_counter()
     problems = evaluate.math_problems("test", s.seed, limit=s.math_test)
     math = evaluate.evaluate_math(config, params, tokenizer, problems, s.eval_batch)
@@ -146,10 +158,11 @@ def held_out(name: str, config, params, tokenizer, s: Settings, out: str) -> dic
     row = {"settings": want, "math_accuracy": math["accuracy"], "agent_reward": agent["mean_reward"],
            "agent_success": agent["success_rate"], "math_scores": math["scores"], "math_texts": math["texts"],
            "agent_rewards": agent["rewards"], "agent_actions": agent["actions"],
-           "eval_seconds": time.perf_counter() - start}
+           "eval_seconds": time.perf_counter() - start, "first_name": name}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(row, f)
+    for p in (path, named):
+        with open(p, "w") as f:
+            json.dump(row, f)
     return row
 
 
@@ -165,8 +178,11 @@ def classic_merge(name: str, base, seeds, tensor_ids, s: Settings):
         return classic_merges.slerp(seeds[0], seeds[1], 0.5, tensor_ids), {"t": 0.5}
     if name == "task-arithmetic":
         return classic_merges.task_arithmetic(base, seeds, 1.0), {"lambda": 1.0, "weights": [1, 1]}
-    if name == "ties":
-        return classic_merges.ties(base, seeds, tensor_ids, density=d), {"density": d, "weights": [1, 1]}
+    if name == "ties":  # tensor by tensor: the library's one sort over all 135M coordinates needs > 12 GB
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(np.asarray(tensor_ids)))])
+        parts = [np.asarray(classic_merges.ties(base[a:b], seeds[:, a:b], jnp.zeros(b - a, jnp.int32), density=d,
+                                                num_tensors=1)) for a, b in zip(bounds[:-1], bounds[1:])]
+        return np.concatenate(parts), {"density": d, "weights": [1, 1]}
     if name in ("dare-linear", "dare-ties"):
         masks = classic_merges.dare_keep_masks(jax.random.PRNGKey(s.seed), 2, seeds.shape[1], d)
         merge = classic_merges.dare_linear if name == "dare-linear" else classic_merges.dare_ties
@@ -218,7 +234,7 @@ def seven_b_arithmetic(params_135m: int, seconds_per_child_135m: float | None, f
 
 
 def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.CACHE, methods=None,
-        command: str = "", progress: bool = True) -> dict:
+        command: str = "", progress: bool = True, seed_rows: bool = True) -> dict:
     t_start = time.time()
     methods = list(methods or (SEARCHES + CLASSIC))
     unknown = [m for m in methods if m not in SEARCHES + CLASSIC]
@@ -240,11 +256,11 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
     def finish(name, vector, scores, info, seconds, peak, kind):
         params = layout.unravel(jnp.asarray(vector))
         log(f"{name}: held-out evaluation ({s.math_test} math problems, {s.agent_test} episodes)")
-        ev = held_out(name, config, params, tokenizer, s, out)
+        ev = held_out(name, config, params, tokenizer, s, out, vector_key(vector))
         row = {"kind": kind, "math_accuracy": ev["math_accuracy"], "agent_reward": ev["agent_reward"],
                "agent_success": ev["agent_success"], "average": (ev["math_accuracy"] + ev["agent_reward"]) / 2,
                **split_scores(scores, num_math), "wall_seconds": seconds, "peak_rss_mb": peak,
-               "eval_seconds": ev["eval_seconds"], **info}
+               "eval_seconds": ev["eval_seconds"], "held_out_same_as": ev.get("same_as"), **info}
         rows[name] = row
         with open(os.path.join(out, "rows", f"{name}.json"), "w") as f:
             json.dump(row, f)
@@ -269,13 +285,26 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
         scores = seed_scorer.score_vector(vector)
         if name != "base":
             seed_scores.append(scores)
-        if not cached_row(name):
+        if seed_rows and not cached_row(name):
             extra = {} if name == "base" else {"finetune": {k: v for k, v in specs[name.split()[0]][1].items()
                                                             if k in ("settings", "seconds", "examples", "cached")}}
             finish(name, vector, scores, extra, time.perf_counter() - start, peak_rss_mb(), "seed")
     seed_scores = np.stack(seed_scores)
     seconds_per_child = seed_scorer.seconds / max(seed_scorer.fresh, 1) if seed_scorer.fresh else None
 
+    def write_run(seconds):  # what --report-only needs besides the rows (the main process's settings)
+        if not seed_rows:
+            return
+        tokens = (fitness_info["math_problems"] * fitness_info["math_tokens_per_row"]
+                  + fitness_info["agent_steps"] * fitness_info["agent_tokens_per_row"])
+        record = {"command": command, "settings": dataclasses.asdict(s), "fitness": fitness_info, "methods": methods,
+                  "num_params": int(layout.size), "seconds": seconds,
+                  "seven_b": seven_b_arithmetic(int(layout.size), seconds_per_child, tokens),
+                  "environment": environment()}
+        with open(os.path.join(out, "run.json"), "w") as f:
+            json.dump(record, f, indent=1, default=float)
+
+    write_run(None)
     tensor_ids = classic_merges.leaf_groups(layout)
     for name in methods:
         if cached_row(name):
@@ -294,7 +323,7 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
             if bar is not None:
                 bar.close()
             info = {**info, "curve": curve, "evaluations": scorer.evaluations, "scored_now": scorer.fresh,
-                    "seconds_per_child": scorer.seconds / max(scorer.fresh, 1)}
+                    "seconds_per_child_median": float(np.median(scorer.times)) if scorer.times else None}
             kind = "search"
         else:
             vector, info = classic_merge(name, jnp.asarray(base_vec), jnp.asarray(seed_vecs), tensor_ids, s)
@@ -312,17 +341,35 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
                 json.dump(row, f)
             log(f"wrote the M2N2 merge to {merged}")
 
-    results = {"command": command, "settings": dataclasses.asdict(s), "fitness": fitness_info,
-               "num_params": int(layout.size), "rows": rows, "seconds": time.time() - t_start,
-               "seven_b": seven_b_arithmetic(int(layout.size), seconds_per_child,
-                                             fitness_info["math_problems"] * fitness_info["math_tokens_per_row"]
-                                             + fitness_info["agent_steps"] * fitness_info["agent_tokens_per_row"]),
-               "verdict": verdict(rows), "environment": environment()}
+    write_run(time.time() - t_start)
+    log(f"done in {time.time() - t_start:.0f} s; writing {out}/results.json, table.md, merge.png")
+    return report(out)
+
+
+def report(out: str) -> dict:
+    """results.json, table.md and merge.png from ``out/run.json`` and the rows in ``out/rows`` (in run order)."""
+    path = os.path.join(out, "run.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} does not exist; run the pipeline with --out {out} first.")
+    with open(path) as f:
+        results = json.load(f)
+    order = ["base", "math specialist", "agent specialist"] + list(results.get("methods", SEARCHES + CLASSIC))
+    rows = {}
+    for name in order:
+        row_path = os.path.join(out, "rows", f"{name}.json")
+        if os.path.isfile(row_path):
+            with open(row_path) as f:
+                rows[name] = json.load(f)
+    results["rows"] = rows
+    results["not_run"] = [n for n in order if n not in rows]
+    results["verdict"] = verdict(rows)
+    measured = [r.get("seconds_per_child_median") for r in rows.values() if r.get("seconds_per_child_median")]
+    if measured:  # scoring time of a child after compilation (the median over a search's children)
+        results["seven_b"]["135m_seconds_per_child_measured_cpu"] = float(np.median(measured))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     write_table(os.path.join(out, "table.md"), results)
     plot(os.path.join(out, "merge.png"), rows)
-    log(f"done in {time.time() - t_start:.0f} s; wrote {out}/results.json, table.md, merge.png")
     return results
 
 
@@ -353,7 +400,8 @@ def write_table(path: str, results: dict) -> None:
     seven = results["seven_b"]
     lines = ["# Merging SmolLM2-135M-Instruct specialists (math, shop agent)", "",
              f"Command: `{results['command']}`", "",
-             f"CPU: {env.get('cpu', '?')}; total {results['seconds'] / 60:.0f} min. "
+             f"CPU: {env.get('cpu', '?')}; total "
+             f"{'(unfinished run)' if results['seconds'] is None else '%.0f min' % (results['seconds'] / 60)}. "
              f"Held-out: {s['math_test']} math test problems (greedy, KV cache, answer extracted), "
              f"{s['agent_test']} agent test episodes (reward in [0, 1]; success = reward 1). "
              f"Average = (math accuracy + agent reward) / 2. Every search method: {s['budget']} fitness evaluations "
@@ -366,6 +414,8 @@ def write_table(path: str, results: dict) -> None:
         lines.append(f"| {LABELS.get(name, name)} | {r['math_accuracy']:.3f} | {r['agent_reward']:.3f} | "
                      f"{r['agent_success']:.2f} | {r['average']:.3f} | {r['fitness_math']:.3f} / "
                      f"{r['fitness_agent']:.3f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
+    if results.get("not_run"):
+        lines += ["", f"Not run (out of time): {', '.join(results['not_run'])}."]
     v = results.get("verdict") or {}
     if v:
         lines += ["", f"M2N2 keeps {100 * v['math_kept']:.0f} % of the math specialist's held-out accuracy and "
@@ -431,6 +481,11 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-seed-rows", action="store_true",
+                        help="skip the held-out rows of base and seeds (a second process running other --methods "
+                             "into the same --out)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write table.md, results.json and merge.png from the rows finished so far in --out")
     args = parser.parse_args(argv)
     budget = PAPER_BUDGET if args.paper_budget else args.budget
     warmup = args.warmup if args.warmup is not None else min(50, budget // 4)
@@ -439,8 +494,11 @@ def main(argv=None) -> int:
                      math_test=args.math_test, agent_test=args.agent_test, seed=args.seed,
                      cma_population=25 if args.paper_budget else Settings.cma_population)
         command = " ".join(["python experiments/smollm2_merge.py"] + list(sys.argv[1:] if argv is None else argv))
+        if args.report_only:
+            report(args.out)
+            return 0
         run(s, args.out, args.gguf, args.cache, args.methods.split(",") if args.methods else None, command,
-            not args.quiet)
+            not args.quiet, not args.no_seed_rows)
     except M2N2Error as error:
         print(f"error: {error}")
         return 2

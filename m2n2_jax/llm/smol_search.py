@@ -67,7 +67,7 @@ class Scorer:
         self.bank, self.layout, self.score_params = bank, layout, score_params
         self.memo, self.progress = memo or Memo(None), progress
         self.buffer = np.empty(bank.size, np.float32)
-        self.evaluations, self.fresh, self.seconds = 0, 0, 0.0
+        self.evaluations, self.fresh, self.seconds, self.times = 0, 0, 0.0, []
 
     def dense(self, recipe):
         return self.layout.unravel(jnp.asarray(self.bank.materialise(recipe, self.buffer)))
@@ -86,7 +86,8 @@ class Scorer:
         if scores is None:
             start = time.perf_counter()
             scores = np.asarray(self.score_params(params()), np.float32)
-            self.seconds += time.perf_counter() - start
+            self.times.append(time.perf_counter() - start)
+            self.seconds += self.times[-1]
             self.fresh += 1
             self.memo.put(key, scores)
         self.evaluations += 1

@@ -141,3 +141,18 @@ def test_merged_directory_gives_the_measured_math_accuracy_in_transformers(tmp_p
     texts, scores = transformers_math(directory, problems, 12)
     assert texts == ours["texts"]  # the same greedy replies, so the same extracted answers
     np.testing.assert_array_equal(scores, ours["scores"])
+
+
+def test_pipeline_ties_tensor_by_tensor_equals_the_library_on_the_whole_vector():
+    """The pipeline runs TIES one tensor at a time (memory); per-tensor semantics make that the same merge."""
+    from m2n2_jax.llm import smol_pipeline
+    from m2n2_jax.methods import classic_merges
+
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(np.repeat(np.arange(3), [5, 12, 7]))
+    base = jnp.asarray(rng.normal(size=24), jnp.float32)
+    seeds = jnp.asarray(rng.normal(size=(2, 24)), jnp.float32)
+    got, info = smol_pipeline.classic_merge("ties", base, seeds, ids, smol_pipeline.Settings())
+    want = classic_merges.ties(base, seeds, ids, density=0.5)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert info["density"] == 0.5
