@@ -4,8 +4,9 @@ Without mutation every member is a piecewise combination of the K input
 models (:mod:`m2n2_jax.algorithm.recipes`), so R runs need the K inputs, their Gram
 prefix sums and one working copy, instead of R x P dense models: what makes
 merging 7B-class models fit in memory. The runs advance step by step on the
-host (asks and tells are numpy; each child is materialised once and scored by
-the task's jitted score function) inside the one run loop
+host (asks and tells are numpy); each step's children are materialised and
+scored on the local devices in parallel, the seeds replicated on each
+(:mod:`m2n2_jax.engine.recipe_scoring`), inside the one run loop
 (:func:`m2n2_jax.engine.chunk_loop.drive`): progress, checkpoints every so many
 forward passes and Ctrl-C behave as for ``m2n2 evolve``. A checkpoint holds
 the keys, scores and counters as arrays and the recipes (a few numbers per
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.engine import distributed
+from m2n2_jax.engine import recipe_scoring
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.engine.budget import plan_budget
 from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, drive
@@ -74,17 +76,24 @@ SAVED = Saved(arrays=lambda state: state.arrays, meta=lambda state: {"recipes": 
 
 
 def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: int, *, log_every: int | None = None,
-          options: RunOptions = RunOptions(), identity: dict | None = None) -> RunResult:
+          options: RunOptions = RunOptions(), identity: dict | None = None, scoring_dtype: str = "float32") -> RunResult:
     """R = len(seeds) M2N2 runs over recipe archives of the input models ``seed_vectors`` [K, D].
 
     options: progress and checkpoints; every log interval is a chunk of its own (each
-    child may take seconds, so progress and saves follow every logged point).
+    child may take seconds, so progress and saves follow every logged point);
+    ``options.devices``: this process's devices that score each step's children
+    in parallel (default all local devices; :mod:`m2n2_jax.engine.recipe_scoring`).
+    scoring_dtype: "float32" or "bfloat16" (children materialised in bf16 for scoring).
+    The results' ``execution.scoring`` holds the per-child scoring time and peak memory.
     """
     recipes.check_config(config)
     seeds = [int(s) for s in seeds]
     plan = plan_budget(forward_passes, config.children_per_step, log_every)
     bank = recipes.SeedBank.build(np.asarray(seed_vectors, np.float32))
-    score = jax.jit(task.score_vector)
+    local = None if options.devices is None else [d for d in options.devices if d.process_index == jax.process_index()]
+    scorer = recipe_scoring.ChildScorer(bank, task.score_vector, local or None, scoring_dtype)
+    if scoring_dtype != "float32":  # other arithmetic: a checkpoint must not be resumed across it
+        identity = {**(identity or {}), "scoring_dtype": scoring_dtype}
     metrics = jax.jit(task.metrics)
     buffer = np.empty(bank.size, np.float32)
 
@@ -109,15 +118,21 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
                 for _ in range(steps_per_log):
                     key, sub = jax.random.split(key)
                     children = recipes.ask(config, sub, bank, archives[r])
-                    # multi-host: each process scores every n-th child (one all-gather per step)
-                    scores = jnp.asarray(distributed.map_over_processes(lambda c: score(dense(c)), children, seed_scores[0]))
+                    scores = jnp.asarray(score_children(children))
                     archives[r] = recipes.tell(config, archives[r], children, scores)
                 keys[r] = np.asarray(key)
             logged.append(log(_State(archives, keys)))
         return _State(archives, keys), {k: np.stack([row[k] for row in logged]) for k in logged[0]}
 
+    def score_children(children):
+        if distributed.process_count() == 1:  # the local devices score their shares of the children
+            return scorer(children)
+        # multi-host: each process scores every n-th child on its devices (one all-gather per step)
+        return distributed.map_over_processes(lambda c: scorer([c])[0], children, seed_scores[0])
+
     start = time.perf_counter()
-    seed_scores = jnp.stack([score(jnp.asarray(v)) for v in bank.seeds])
+    seed_scores = jnp.asarray(scorer([recipes.seed_recipe(k, bank.num_seeds, bank.size)
+                                      for k in range(bank.num_seeds)]))
     first = recipes.init(config, bank, seed_scores, task.capacity)
     state = _State([first] * len(seeds), np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
     first_log = {k: np.asarray([v] * len(seeds), np.float32) for k, v in logged_metrics(first).items()}
@@ -131,6 +146,6 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
     memory = recipes.archive_memory(bank, out.state.archives[0])
     return RunResult("recipes", seeds, out.forward_passes, out.metrics, out.wall_seconds, config.to_dict(), best,
                      extra={"execution": {"archive": "recipes", "platform": jax.default_backend(),
-                                           "processes": distributed.process_count()},
+                                           "processes": distributed.process_count(), "scoring": scorer.stats()},
                             "archive_memory": {k: (round(v, 3) if isinstance(v, float) else int(v))
-                                               for k, v in memory.items()}}, task=task.name)
+                                               for k, v in memory.items()}}, task=task.name, state=out.state)

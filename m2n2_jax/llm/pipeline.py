@@ -20,6 +20,7 @@ import numpy as np
 
 from m2n2_jax.algorithm import crossover
 from m2n2_jax.methods import classic_merges as merging
+from m2n2_jax.methods import layer_cma
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.methods.registry import method_config, names
 from m2n2_jax.errors import M2N2Error
@@ -180,17 +181,18 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
     ratios = np.linspace(0, 1, 21)
     t, v = best_of([(float(r), crossover.slerp(seeds[0], seeds[1], float(r))) for r in ratios])
     report("SLERP (best ratio)", v, ratio=t)
+    tensor_ids = merging.leaf_groups(layout)
     scales = [0.5, 0.75, 1.0, 1.25]
     t, v = best_of([(sc, merging.task_arithmetic(base_vec, seeds, sc)) for sc in scales])
     report("task arithmetic", v, scale=t)
-    t, v = best_of([((dens, sc), merging.ties(base_vec, seeds, dens, sc)) for dens in (0.2, 0.5) for sc in scales])
-    report("TIES", v, density=t[0], scale=t[1])
-    masks = merging.dare_masks(jax.random.PRNGKey(s.seed), 2, layout.size, 0.5)
-    t, v = best_of([(sc, merging.dare(base_vec, seeds, masks, 0.5, sc)) for sc in scales])
-    report("DARE (drop 0.5)", v, scale=t)
-
+    t, v = best_of([((dens, sc), merging.ties(base_vec, seeds, tensor_ids, density=dens, scale=sc))
+                    for dens in (0.2, 0.5) for sc in scales])
+    report("TIES (mergekit, per tensor)", v, density=t[0], scale=t[1])
+    masks = merging.dare_keep_masks(jax.random.PRNGKey(s.seed), 2, layout.size, 0.5)
+    t, v = best_of([(sc, merging.dare_linear(base_vec, seeds, tensor_ids, masks, scale=sc)) for sc in scales])
+    report("DARE linear (density 0.5, L1 rescale)", v, scale=t)
     log(f"CMA-ES over per-tensor merge coefficients ({s.budget} forward passes)")
-    v, curve = cma_es_merge(base_vec, seeds, merging.leaf_groups(layout), score_vector, s.budget, s.seed)
+    v, curve = cma_es_merge(base_vec, seeds, tensor_ids, score_vector, s.budget, s.seed)
     report("CMA-ES (per-tensor)", v, curve=curve)
 
     memory = None
@@ -265,27 +267,9 @@ def m2n2_merge(config, bank, score_vector, budget: int, seed: int, adaptive_capa
 
 
 def cma_es_merge(base, seeds, groups, score_vector, budget: int, seed: int):
-    """CMA-ES (evosax, minimising) over [G, K] task-arithmetic coefficients; best solution seen."""
-    from evosax.algorithms import CMA_ES
-
-    num_groups = int(groups.max()) + 1
-    shape = (num_groups, seeds.shape[0])
-    es = CMA_ES(population_size=16, solution=jnp.zeros(shape))
-    params = es.default_params.replace(std_init=0.3)
-    key = jax.random.PRNGKey(seed)
-    state = es.init(key, jnp.full(shape, 0.5), params)
-    merge = jax.jit(lambda w: merging.grouped_task_arithmetic(base, seeds, groups, w))
-    best, best_w, evaluated, curve = -1.0, None, 0, []
-    while evaluated < budget:
-        key, k_ask, k_tell = jax.random.split(key, 3)
-        population, state = es.ask(k_ask, state, params)
-        fit = np.array([float(jnp.mean(score_vector(merge(w)))) for w in population])
-        evaluated += len(fit)
-        if fit.max() > best:
-            best, best_w = float(fit.max()), population[int(fit.argmax())]
-        state, _ = es.tell(k_tell, population, -jnp.asarray(fit), state, params)
-        curve.append((evaluated, best))
-    return merge(best_w), curve
+    """CMA-ES (evosax) over [G, K] task-arithmetic coefficients; the best merge seen and its curve."""
+    result = layer_cma.cma_es_task_arithmetic(base, seeds, groups, score_vector, budget, seed)
+    return result.vector, result.curve
 
 
 def seven_b_arithmetic(num_params: float = 6.74e9, bytes_per_param: int = 2, seeds: int = 2, members: int = 20) -> dict:

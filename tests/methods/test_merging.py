@@ -1,4 +1,7 @@
-"""Merging baselines against plain numpy references."""
+"""The earlier merge variants (whole-model TIES, 1/(1-p) DARE) and grouped task arithmetic against numpy.
+
+mergekit's per-tensor merges are tested in test_classic_merges.py.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +37,7 @@ def numpy_ties(base, ft, density, scale):
 @pytest.mark.parametrize("density,scale", [(0.2, 1.0), (0.5, 0.7), (1.0, 1.0)])
 def test_ties_matches_numpy(density, scale):
     base, ft = models()
-    got = merging.ties(jnp.asarray(base), jnp.asarray(ft), density, scale)
+    got = merging.ties_global(jnp.asarray(base), jnp.asarray(ft), density, scale)
     np.testing.assert_allclose(got, numpy_ties(base, ft, density, scale), rtol=1e-5, atol=1e-5)
 
 
@@ -42,7 +45,7 @@ def test_dare_matches_numpy():
     base, ft = models(1)
     masks = merging.dare_masks(jax.random.PRNGKey(0), 3, 50, 0.7)
     assert 0.1 < float(jnp.mean(masks)) < 0.5
-    got = merging.dare(jnp.asarray(base), jnp.asarray(ft), masks, 0.7, 0.5)
+    got = merging.dare_rescale_legacy(jnp.asarray(base), jnp.asarray(ft), masks, 0.7, 0.5)
     m = np.asarray(masks)
     want = base + 0.5 * ((ft.astype(np.float64) - base) * m / 0.3).sum(axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
