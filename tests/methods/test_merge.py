@@ -108,7 +108,7 @@ def test_a_task_built_directly_leads_with_a_metric_it_has():
 @pytest.fixture(scope="module")
 def digits_pair(tmp_path_factory):
     """The paper's pre-trained pair (digits 0-4 and 5-9), saved as a .msgpack and a per-parameter .npz."""
-    from m2n2_jax.tasks.pretrained import digits_pretrained_pair
+    from m2n2_jax.tasks.digits import digits_pretrained_pair
 
     directory = tmp_path_factory.mktemp("pair")
     old = os.environ.get("M2N2_CACHE_DIR")
