@@ -42,7 +42,7 @@ SYSTEM = {
     "agent": ("You are a shopping agent. Reply with exactly one action from the list, such as "
               "search[blue wool hoodie] or click[i123], and nothing else."),
 }
-MAX_NEW_TOKENS = {"math": 80, "agent": 24}
+MAX_NEW_TOKENS = {"math": 128, "agent": 24}
 STOP = {"math": (), "agent": ("\n",)}
 
 
