@@ -223,6 +223,18 @@ def test_teacher_forcing_scores_what_greedy_writes(tiny, tokenizer):
         assert np.asarray(perturbed(params)).tolist() == [0.0] * len(rows)
 
 
+def test_episode_scores_need_every_step():
+    groups = evaluate.fitness_groups("agent", "fitness", limit=3)
+    counts = [len(shop.expert_episode(evaluate.catalogue(), g)) for g in evaluate.shop_goals("fitness", limit=3)]
+    assert groups.tolist() == [g for g, c in enumerate(counts) for _ in range(c)]
+    assert len(groups) == len(evaluate.fitness_pairs("agent", "fitness", limit=3))
+    steps = np.ones(len(groups), np.float32)
+    steps[counts[0]] = 0.0  # the first step of the second goal is wrong
+    got = jax.jit(evaluate.episode_scores, static_argnums=2)(steps, groups, 3)
+    assert np.asarray(got).tolist() == [1.0, 0.0, 1.0]
+    assert evaluate.fitness_groups("math", "fitness", limit=4).tolist() == [0, 1, 2, 3]
+
+
 def test_bad_arguments():
     tok = object()
     with pytest.raises(ConfigError, match="fitness mode"):
