@@ -254,6 +254,10 @@ def test_teacher_forcing_agrees_with_greedy_on_smollm2():
 
     path = cached_smollm2()
     tok = text.load_hf_tokenizer(path)
+    for task in evaluate.TASKS:  # training targets: generation starts where scoring's prefix ends
+        for prompt, target in evaluate.training_pairs(task, "test", limit=25):
+            prefix, answer = tok.split(prompt, target)
+            assert prefix == tok.encode_prompt(prompt) and tok.decode(answer) == target
     config, params = checkpoint.load(path)
     questions = ["What is 17 + 25? Reply with the number only.", "Name the capital of France in one word.",
                  "What colour is the sky? One word.", "Say hello."]
