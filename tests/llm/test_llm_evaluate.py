@@ -16,7 +16,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from m2n2_jax.errors import ConfigError  # noqa: E402
 from m2n2_jax.llm import evaluate, math_task, model, shop  # noqa: E402
 from m2n2_jax.llm.config import LlamaConfig  # noqa: E402
-from m2n2_jax.llm.data import Batch  # noqa: E402
+from m2n2_jax.llm.data import Batch, encode  # noqa: E402
 from m2n2_jax.llm.gguf_file import _byte_alphabet  # noqa: E402
 from m2n2_jax.llm.text import HFTokenizer  # noqa: E402
 
@@ -272,7 +272,7 @@ def test_teacher_forcing_agrees_with_greedy_on_smollm2():
                 extended.append((prompt, reply + " Then buy."))
     if not pairs:
         pytest.skip("the base model's replies did not end within 16 tokens")
-    batch = evaluate.encode(tok, pairs + extended)
+    batch = encode(tok, pairs + extended)
     scores = np.asarray(evaluate.score_function(config, batch, tok.eos_ids, batch_size=8)(params))
     assert len(pairs) >= 2, [tok.decode(n) for n in new]
     assert scores.tolist() == [1.0] * len(pairs) + [0.0] * len(extended)
