@@ -104,6 +104,8 @@ def write_report(result: dict, out: str) -> None:
              f"| math | {m['problems']} test problems | accuracy {m['accuracy']:.3f} | {m['seconds']:.0f} |",
              f"| agent | {a['episodes']} test episodes | mean reward {a['mean_reward']:.3f}, success rate "
              f"{a['success_rate']:.3f} | {a['seconds']:.0f} |", "",
+             *([f"Agent: {a['note']}.", ""] if a.get("note") else []),
+             *([f"Load: {result['load_note']}.", ""] if result.get("load_note") else []),
              "Teacher-forced fitness (exact match of the whole target, one forward pass, no generation"
              + (f"; the first {result['fitness_limit']} fitness problems / goals" if result.get("fitness_limit") else "")
              + "):", "",
