@@ -99,18 +99,22 @@ _prefill_jit = jax.jit(_prefill, static_argnums=0)
 _step_jit = jax.jit(_step, static_argnums=0, donate_argnums=(5,))
 
 
-def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decode=None, cache_dtype=jnp.float32):
+def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decode=None, cache_dtype=jnp.float32,
+           bucket: int = 1):
     """Greedy continuations of token-id prompts, decoded together with a key/value cache.
 
     prompts: lists of ids (any lengths; left-padded internally). eos_ids: ids that end a sequence
     (kept as its last token). stop: strings that end a sequence once its decoded text contains one
     (``decode(ids) -> str`` required); the token completing it is kept, as transformers does.
+    bucket: left-pad the prompts to a multiple of this many tokens, so that batches of similar lengths
+    share one compiled prefill and step (padding is masked; the result does not change).
     Returns one list of new ids per prompt.
     """
     eos = np.asarray(sorted({int(e) for e in np.atleast_1d(eos_ids)}))
     if stop and decode is None:
         raise ValueError("stop strings need decode(ids) -> text")
     batch, longest = len(prompts), max(len(p) for p in prompts)
+    longest = -(-longest // max(1, int(bucket))) * max(1, int(bucket))
     slots = longest + max_new_tokens
     tokens = np.zeros((batch, longest), np.int32)
     valid = np.zeros((batch, slots), np.int32)
