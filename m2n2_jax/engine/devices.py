@@ -25,8 +25,7 @@ def device_mesh(devices, num_runs: int, children_per_step: int = 1):
     - axis "runs": each device owns whole runs (R / n of them) and does their
       asks, evaluations and tells itself; nothing crosses devices. Preferred
       whenever it uses as many devices as the other way, because the small
-      per-run operations then run in parallel too (on a CPU split into one
-      device per core this made 10 runs at B = 1 1.26x faster).
+      per-run operations then run in parallel too (figures: docs/multi-device.md).
     - axis "children": every device holds all archives, scores 1/n of each
       step's children and all-gathers the scores (for few runs with B > 1).
 
@@ -80,8 +79,8 @@ def sharded_evaluate(score_vector, mesh, batch_size: int):
     replicated = jax.sharding.NamedSharding(mesh, P())
 
     # Pin the children as replicated: otherwise XLA's sharding propagation builds each device's
-    # share only and all-gathers the children [M, D] for the tell (measured across two processes:
-    # 168 KB per step for 2 digits children instead of the 11.5 KB of their scores).
+    # share only and all-gathers the children [M, D] for the tell, far more traffic than the scores
+    # (measured in docs/multi-device.md, "Tests"; tests/engine/test_multihost.py bounds it).
     return lambda vectors: sharded(jax.lax.with_sharding_constraint(vectors, replicated))
 
 

@@ -104,7 +104,7 @@ class ESRuns:
 
 @contextlib.contextmanager
 def single_thread_blas():
-    """Limit OpenBLAS/OpenMP pools to one thread (LAPACK eigh ran ~10x slower with 2 threads here)."""
+    """Limit OpenBLAS/OpenMP pools to one thread (eigh is far slower with two threads: docs/baselines.md, "Threads")."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
