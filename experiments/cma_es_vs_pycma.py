@@ -45,10 +45,10 @@ def fitness_fn(task):
     import jax
     import jax.numpy as jnp
 
-    from m2n2_jax.engine import runner
+    from m2n2_jax.engine.devices import evaluate
 
     acc = lambda v: jnp.mean(task.score_vector(v))
-    return jax.jit(lambda pop: runner.evaluate(acc, pop, 2))
+    return jax.jit(lambda pop: evaluate(acc, pop, 2))
 
 
 def evosax_keys(seed: int, generations: int):
@@ -67,7 +67,7 @@ def run_evosax(task, seed: int, generations: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from m2n2_jax.engine import runner
+    from m2n2_jax.engine.devices import evaluate
     from m2n2_jax.methods import evosax_es
 
     es, params, spec = evosax_es.build("cma-es", task.num_params)
@@ -77,7 +77,7 @@ def run_evosax(task, seed: int, generations: int) -> dict:
     def generation(runs):  # the body of evosax_es.make_step (unbatched), also returning the accuracies
         key, k_ask, k_tell = jax.random.split(runs.key, 3)
         population, s = es.ask(k_ask, runs.es, params)
-        accuracy = runner.evaluate(acc, population, 2)
+        accuracy = evaluate(acc, population, 2)
         s, _ = es.tell(k_tell, population, -accuracy, s, params)
         return evosax_es.ESRuns(es=s, key=key), accuracy
 

@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 from m2n2_jax import RunOptions, evolve, method_config
 from m2n2_jax.engine import runner  # noqa: E402
+from m2n2_jax.engine.devices import default_eval_batch_size
 from m2n2_jax.methods.evosax_es import run_es  # noqa: E402
 from m2n2_jax.tasks import digits_task  # noqa: E402
 
@@ -58,7 +59,7 @@ def engine_throughput(size: dict, batch: int) -> tuple[str, str]:
     task = digits_task(hidden=size["hidden"])
     config = method_config("m2n2", children_per_step=batch)
     steps = max(1, size["throughput_fp"] // batch)
-    chunk = runner.make_chunk(config, task, steps, runner.default_eval_batch_size(batch))
+    chunk = runner.make_chunk(config, task, steps, default_eval_batch_size(batch))
     state = runner.init_runs(config, task, [0])
     state, _ = chunk(state, 1)  # compile and warm up
     jax.block_until_ready(state)

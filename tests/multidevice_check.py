@@ -11,14 +11,14 @@ import jax
 import numpy as np
 
 from m2n2_jax import M2N2Config, RunOptions, evolve
-from m2n2_jax.engine import runner
+from m2n2_jax.engine.devices import device_mesh
 from m2n2_jax.tasks import digits_task
 
 task = digits_task()
 out = {"device_count": jax.device_count()}
 for mode, batch, seeds, budget in (("children", 4, [1, 2], 800), ("runs", 1, [1, 2, 3, 4], 2000)):
     config = M2N2Config(children_per_step=batch)
-    mesh = runner.device_mesh(jax.devices(), len(seeds), batch)
+    mesh = device_mesh(jax.devices(), len(seeds), batch)
     results = {n: evolve(config, task, seeds, budget, log_every=budget // 10,
                          options=RunOptions(eval_batch_size=1, devices=jax.devices()[:n]))
                for n in (1, 8)}

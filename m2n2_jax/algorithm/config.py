@@ -64,10 +64,9 @@ class M2N2Config:
         scores; "auto" (default): "fixed" if a capacity is given or the scores
         are boolean, else "archive-max" (identical to 1 for 0/1 scores).
     noise: mutation-noise generator: "threefry" (jax.random.normal, the
-        reference's sampler; the default) or "hash" (a keyed counter hash, about
-        4x cheaper to draw but only about 6 % faster per engine step; on 40 fresh
-        seeds its runs ended 0.011 lower, 1.2 standard errors, see
-        docs/results/digits-from-scratch/summary.md).
+        reference's sampler; the default) or "hash" (a keyed counter hash,
+        cheaper to draw; its speed and results against threefry are in the
+        README's design notes and docs/results/digits-noise-study).
     groups: parameter groups with their own split point and ratio each
         (:class:`groups.GroupSpec`; None: one split point over the whole vector).
         :func:`evolution.evolve` fills it in from ``Task.groups``.

@@ -93,7 +93,7 @@ def _mix32(x):
 
 
 def hash_normal(key, shape, dtype=jnp.float32):
-    """Standard normal noise from a keyed counter hash, about 4x cheaper than threefry.
+    """Standard normal noise from a keyed counter hash, cheaper to draw than threefry (README: design notes).
 
     Element i gets ``mix(mix(i * phi + k0) ^ k1)`` for the key's two words
     (k0, k1); its top 24 bits give a uniform in (-1, 1), mapped through

@@ -31,7 +31,6 @@ The strategy owns its randomness, in one of two key orders:
 from __future__ import annotations
 
 import functools
-from typing import Sequence
 
 import flax.struct
 import jax

@@ -2,7 +2,7 @@
 
 Every process runs the same program on its own devices; a mesh over
 ``jax.devices()`` (all processes' devices) spreads runs or children over them
-(:func:`m2n2_jax.engine.runner.device_mesh`). This module holds what that needs
+(:func:`m2n2_jax.engine.devices.device_mesh`). This module holds what that needs
 beyond one process, so the run loops only call small hooks:
 
 - :func:`initialize`: start the runtime from the CLI's options (or let JAX

@@ -18,6 +18,7 @@ import numpy as np
 
 from m2n2_jax.engine import distributed
 from m2n2_jax.engine import runner
+from m2n2_jax.engine.devices import default_eval_batch_size, device_mesh
 from m2n2_jax.engine.budget import Plan, plan_budget
 from m2n2_jax.engine.chunk_loop import Interrupted, RunOptions, RunResult, drive  # noqa: F401 (re-exported)
 from m2n2_jax.algorithm.config import M2N2Config
@@ -69,8 +70,8 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
         check_finite_seeds(seed_models)
     batch = config.children_per_step
     plan = plan_budget(forward_passes, batch, log_every)
-    eval_batch_size = options.eval_batch_size or runner.default_eval_batch_size(len(seeds) * batch)
-    mesh = runner.device_mesh(options.devices, len(seeds), batch)
+    eval_batch_size = options.eval_batch_size or default_eval_batch_size(len(seeds) * batch)
+    mesh = device_mesh(options.devices, len(seeds), batch)
     identity = run_identity(config, task, seeds, plan, seed_models, options.identity_extra)
 
     start = time.perf_counter()

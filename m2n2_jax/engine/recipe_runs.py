@@ -4,8 +4,9 @@ Without mutation every member is a piecewise combination of the K input
 models (:mod:`m2n2_jax.algorithm.recipes`), so R runs need the K inputs, their Gram
 prefix sums and one working copy, instead of R x P dense models: what makes
 merging 7B-class models fit in memory. The runs advance step by step on the
-host (asks and tells are numpy; each child is materialised once and scored by
-the task's jitted score function) inside the one run loop
+host (asks and tells are numpy); each step's children are materialised and
+scored on the local devices in parallel, the seeds replicated on each
+(:mod:`m2n2_jax.engine.recipe_scoring`), inside the one run loop
 (:func:`m2n2_jax.engine.chunk_loop.drive`): progress, checkpoints every so many
 forward passes and Ctrl-C behave as for ``m2n2 evolve``. A checkpoint holds
 the keys, scores and counters as arrays and the recipes (a few numbers per

@@ -7,7 +7,7 @@ and scores its own share against its replicated copy of the K seed models:
 a one-axis :class:`jax.sharding.Mesh` ("children") over the devices, the
 encoded children sharded along it, the seeds replicated, and
 ``jax.shard_map`` running ``jax.lax.map(score . materialise)`` on every
-device (as :func:`m2n2_jax.engine.runner.sharded_evaluate` does for dense
+device (as :func:`m2n2_jax.engine.devices.sharded_evaluate` does for dense
 children). Only the children's encodings go in and their scores come out.
 
 A step's B children are padded to a multiple of the device count by repeating

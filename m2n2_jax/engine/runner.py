@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from m2n2_jax.algorithm import strategy
 from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.engine.devices import evaluate, replicate, sharded_evaluate
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.tasks.base import Task
 
@@ -28,88 +29,6 @@ class RunsState:
     archive: strategy.ArchiveState
     key: jax.Array
     step: jax.Array
-
-
-def evaluate(score_vector, vectors, batch_size: int) -> jax.Array:
-    """Scores [M, N] of flat models [M, D] with jax.lax.map in batches."""
-    batch_size = max(1, min(batch_size, vectors.shape[0]))
-    return jax.lax.map(score_vector, vectors, batch_size=batch_size)
-
-
-def device_mesh(devices, num_runs: int, children_per_step: int = 1):
-    """A 1-D mesh for the runs, or None for one device.
-
-    Two ways to use several devices, chosen by how many devices each can keep busy:
-    - axis "runs": each device owns whole runs (R / n of them) and does their
-      asks, evaluations and tells itself; nothing crosses devices. Preferred
-      whenever it uses as many devices as the other way, because the small
-      per-run operations then run in parallel too (on a CPU split into one
-      device per core this made 10 runs at B = 1 1.26x faster).
-    - axis "children": every device holds all archives, scores 1/n of each
-      step's children and all-gathers the scores (for few runs with B > 1).
-
-    Devices that cannot be used evenly stay idle; a warning says so when the
-    devices were given explicitly.
-    """
-    import warnings
-
-    import numpy as np
-
-    explicit = devices is not None  # only then is an idle device worth a warning
-    devices = list(jax.devices() if devices is None else devices)  # one process: its local devices
-    if not devices:
-        raise ConfigError("no devices to run on; pass --devices 1 or more.")
-
-    def largest_divisor(count):
-        return max(n for n in range(1, len(devices) + 1) if count % n == 0)
-
-    by_runs, by_children = largest_divisor(num_runs), largest_divisor(num_runs * children_per_step)
-    usable = by_children
-    if usable < len(devices) and explicit:
-        warnings.warn(f"{num_runs} runs x {children_per_step} children per step cannot be split evenly over "
-                      f"{len(devices)} devices; using {usable}. Choose runs (or runs x batch) divisible by the "
-                      "device count to use them all.", stacklevel=2)
-    if usable == 1:
-        return None
-    axis = "runs" if by_runs == by_children else "children"
-    chosen = devices[:usable]
-    if jax.process_count() > 1:  # multi-host: every process runs the program, so each needs a device in it
-        from m2n2_jax.engine.distributed import check_mesh_spans_processes
-
-        chosen = check_mesh_spans_processes(devices, usable, num_runs if axis == "runs" else num_runs * children_per_step)
-    return jax.sharding.Mesh(np.array(chosen), (axis,))
-
-
-def sharded_evaluate(score_vector, mesh, batch_size: int):
-    """Scores of replicated children [M, D], each device scoring its M / n and all-gathering.
-
-    Per step only the score matrix [M, N] crosses devices (and hosts): the
-    archives, asks and tells are replicated and identical everywhere.
-    """
-    from jax.sharding import PartitionSpec as P
-
-    if mesh is None:
-        return lambda vectors: evaluate(score_vector, vectors, batch_size)
-
-    def local(vectors):
-        return jax.lax.all_gather(evaluate(score_vector, vectors, batch_size), "children", tiled=True)
-
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=P("children"), out_specs=P(), check_vma=False)
-    replicated = jax.sharding.NamedSharding(mesh, P())
-
-    # Pin the children as replicated: otherwise XLA's sharding propagation builds each device's
-    # share only and all-gathers the children [M, D] for the tell (measured across two processes:
-    # 168 KB per step for 2 digits children instead of the 11.5 KB of their scores).
-    return lambda vectors: sharded(jax.lax.with_sharding_constraint(vectors, replicated))
-
-
-def replicate(tree, mesh):
-    """Place a pytree on every device of the mesh (no-op without a mesh)."""
-    if mesh is None:
-        return tree
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 def runs_spec(state: RunsState):
@@ -124,17 +43,6 @@ def shard_runs(state: RunsState, mesh) -> RunsState:
     from jax.sharding import NamedSharding
 
     return jax.device_put(state, jax.tree.map(lambda p: NamedSharding(mesh, p), runs_spec(state)))
-
-
-def default_eval_batch_size(num_children: int, platform: str | None = None) -> int:
-    """Children scored per lax.map iteration.
-
-    On CPUs one at a time: with XLA's CPU dot kernels that measured fastest
-    inside the engine step (docs/results/bench). On GPUs and TPUs all of a
-    step's children at once, which fills the accelerator.
-    """
-    platform = platform or jax.default_backend()
-    return 1 if platform == "cpu" else max(1, num_children)
 
 
 def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_models=None) -> RunsState:

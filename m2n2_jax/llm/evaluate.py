@@ -227,6 +227,24 @@ def fitness_batch(tokenizer, task: str, split: str = "fitness", seed: int = 0, l
     return encode(tokenizer, pairs, length)
 
 
+def fitness_groups(task: str, split: str = "fitness", seed: int = 0, limit: int | None = None) -> np.ndarray:
+    """For each datapoint of :func:`fitness_batch`, the index of its problem (math) or goal (agent: a goal
+    has one datapoint per expert step)."""
+    _check_task(task)
+    if task == "math":
+        return np.arange(len(math_problems(split, seed, limit)), dtype=np.int32)
+    items = catalogue(seed)
+    return np.asarray([g for g, goal in enumerate(shop_goals(split, seed, limit))
+                       for _ in shop.expert_episode(items, goal)], np.int32)
+
+
+def episode_scores(step_scores, groups, num_groups: int):
+    """Per goal, 1 where the model gets every expert step right (then its greedy episode is the expert's,
+    reward 1), else 0; jit-able with ``num_groups`` static. Mean step score per goal: use
+    ``jax.ops.segment_sum(step_scores, groups, num_groups) / counts``."""
+    return jax.ops.segment_min(jnp.asarray(step_scores), jnp.asarray(groups), num_segments=num_groups)
+
+
 def score_function(config, batch: Batch, eos_ids=(), batch_size: int = 32):
     """``scores(params) -> [N]`` in {0, 1}: teacher-forced exact match of each datapoint of ``batch``
     (jit-able; ``batch_size`` rows per forward pass bound the memory)."""

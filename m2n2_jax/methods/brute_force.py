@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.algorithm import crossover as xo
-from m2n2_jax.engine import runner
+from m2n2_jax.engine.devices import evaluate
 from m2n2_jax.engine.chunk_loop import RunResult
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.tasks.base import Task
@@ -35,7 +35,7 @@ def search(task: Task, a, b, count: int = RATIOS, eval_batch_size: int = 4):
     @jax.jit
     def accuracies(ts):
         cx, cy = xo.slerp_coefficients(a, b, ts)
-        return runner.evaluate(lambda c: jnp.mean(task.score_vector(c[0] * a + c[1] * b)),
+        return evaluate(lambda c: jnp.mean(task.score_vector(c[0] * a + c[1] * b)),
                                jnp.stack([cx, cy], axis=1), eval_batch_size)
 
     acc = accuracies(ratios)

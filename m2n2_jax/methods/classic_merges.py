@@ -219,7 +219,10 @@ def slerp(a, b, t, tensor_ids, *, num_tensors: int | None = None) -> jax.Array:
     takes one angle over the whole vector (:func:`m2n2_jax.algorithm.crossover.slerp`).
     """
     n = _count(tensor_ids, num_tensors)
-    t = jnp.broadcast_to(jnp.asarray(t, a.dtype), (n,))
+    t = jnp.asarray(t, a.dtype)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
+        raise ConfigError(f"t has shape {t.shape}; pass one number, or one per tensor ({n},).")
+    t = jnp.broadcast_to(t, (n,))
     na = jnp.sqrt(jax.ops.segment_sum(a * a, tensor_ids, n))
     nb = jnp.sqrt(jax.ops.segment_sum(b * b, tensor_ids, n))
     da = jnp.where(na > SLERP_NORM_EPS, na, 1)

@@ -28,7 +28,7 @@ import optax
 from evosax.algorithms import CMA_ES, LM_MA_ES, Open_ES, Sep_CMA_ES, SimpleGA
 from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 
-from m2n2_jax.engine import runner
+from m2n2_jax.engine.devices import evaluate
 from m2n2_jax.engine.budget import plan_budget
 from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, baseline_identity, drive_steps, latest_meta
 from m2n2_jax.errors import ConfigError
@@ -104,7 +104,7 @@ class ESRuns:
 
 @contextlib.contextmanager
 def single_thread_blas():
-    """Limit OpenBLAS/OpenMP pools to one thread (LAPACK eigh ran ~10x slower with 2 threads here)."""
+    """Limit OpenBLAS/OpenMP pools to one thread (eigh is far slower with two threads: docs/baselines.md, "Threads")."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
@@ -166,11 +166,11 @@ def make_step(es, params, task: Task, eval_batch_size: int, batched: bool):
     def step(runs: ESRuns) -> ESRuns:
         if not batched:
             population, s, key, k_tell = ask_one(runs.es, runs.key)
-            accuracy = runner.evaluate(acc, population, eval_batch_size)
+            accuracy = evaluate(acc, population, eval_batch_size)
             return ESRuns(es=tell_one(k_tell, population, accuracy, s), key=key)
         population, s, key, k_tell = jax.vmap(ask_one)(runs.es, runs.key)
         r, p, d = population.shape
-        accuracy = runner.evaluate(acc, population.reshape(r * p, d), eval_batch_size).reshape(r, p)
+        accuracy = evaluate(acc, population.reshape(r * p, d), eval_batch_size).reshape(r, p)
         return ESRuns(es=jax.vmap(tell_one)(k_tell, population, accuracy, s), key=key)
 
     return step

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.algorithm import crossover as xo
-from m2n2_jax.engine import runner
+from m2n2_jax.engine.devices import default_eval_batch_size, evaluate
 from m2n2_jax.engine.runner import run_start
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.tasks.base import Task
@@ -161,7 +161,7 @@ def make_step(task: Task, mutation_std: float, eval_batch_size: int, bins: int =
     def step(states: GridState) -> GridState:
         next_keys, keys = jax.vmap(lambda k: child_keys(k, key_order))(states.key)
         children = jax.vmap(lambda s, k: make_child(s, k, mutation_std, noise=noise))(states, keys)
-        scores = runner.evaluate(task.score_vector, children, eval_batch_size)
+        scores = evaluate(task.score_vector, children, eval_batch_size)
         states = states.replace(key=next_keys)
         return jax.vmap(lambda s, c, sc: insert(s, c, sc, labels, bins))(states, children, scores)
 
@@ -200,7 +200,7 @@ def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mut
         raise ConfigError("at least one run is needed; pass --runs 1 or more.")
     start = time.perf_counter()
     plan = plan_budget(forward_passes, 1, log_every)
-    eval_batch_size = options.eval_batch_size or runner.default_eval_batch_size(len(seeds))
+    eval_batch_size = options.eval_batch_size or default_eval_batch_size(len(seeds))
     states = jax.jit(jax.vmap(lambda s: init_run(task, s, seed_models, bins)))(jnp.asarray(seeds, jnp.uint32))
     config = {"method": "map-elites", "grid": f"{bins}x{bins} over (odd-digit, even-digit) training accuracy",
               "quality": "training accuracy",

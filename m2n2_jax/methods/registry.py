@@ -167,19 +167,26 @@ def seed_models_for(task: Task, init: str):
 
 
 def prepare(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *, init: str = "scratch",
-            log_every: int | None = None, archive: str = "dense", **settings) -> Callable[[RunOptions], RunResult]:
+            log_every: int | None = None, archive: str = "dense", scoring_dtype: str = "float32",
+            **settings) -> Callable[[RunOptions], RunResult]:
     """Check a request once and return ``run(options) -> RunResult``.
 
     settings: algorithm options (batch, archive_size, alpha, mutation_std, noise,
     sigma, key_order; None means the method's default; mutation_std, noise and key_order
     also apply to MAP-Elites). Merging pre-trained models
-    defaults to no mutation, as in the paper.
+    defaults to no mutation, as in the paper. scoring_dtype: "float32" or
+    "bfloat16", the dtype recipe children are scored in (``archive="recipes"`` only).
     """
     from m2n2_jax.engine.budget import plan_budget
     from m2n2_jax.engine.evolution import check_seeds
 
     seeds = check_seeds(seeds)
     spec = check(method, init, settings, archive=archive)
+    if scoring_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"unknown scoring dtype {scoring_dtype!r}; choose float32 or bfloat16.")
+    if scoring_dtype != "float32" and archive != "recipes":
+        raise ConfigError(f"--scoring-dtype {scoring_dtype} applies to --archive recipes only; add --archive recipes "
+                          "or drop the option.")
     seed_models = seed_models_for(task, init)
     given = {k: v for k, v in settings.items() if v is not None}
     if init == "pretrained" and "mutation_std" in spec.options:
@@ -192,7 +199,8 @@ def prepare(method: str, task: Task, seeds: Sequence[int], forward_passes: int, 
             from m2n2_jax.algorithm.recipes import check_config
 
             check_config(config)
-            return functools.partial(_run_recipes, spec, config, task, seed_models, seeds, forward_passes, log_every)
+            return functools.partial(_run_recipes, spec, config, task, seed_models, seeds, forward_passes, log_every,
+                                     scoring_dtype)
         return functools.partial(_run_engine, spec, config, task, seed_models, seeds, forward_passes, log_every)
     if spec.family == "evosax":
         from m2n2_jax.methods.evosax_es import build
@@ -232,13 +240,13 @@ def _run_engine(spec, config, task, seed_models, seeds, forward_passes, log_ever
                   options=options, method=spec.name)
 
 
-def _run_recipes(spec, config, task, seed_models, seeds, forward_passes, log_every, options):
+def _run_recipes(spec, config, task, seed_models, seeds, forward_passes, log_every, scoring_dtype, options):
     from m2n2_jax.engine.recipe_runs import merge
 
     identity = {"config": config.to_dict(), "task": task.name, "seeds": list(seeds),
                 "forward_passes": forward_passes, "archive": "recipes", **(options.identity_extra or {})}
     res = merge(config, task, seed_models, seeds, forward_passes, log_every=log_every, options=options,
-                identity=identity)
+                identity=identity, scoring_dtype=scoring_dtype)
     return dataclasses.replace(res, method=spec.name)
 
 

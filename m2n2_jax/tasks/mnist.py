@@ -24,7 +24,7 @@ import numpy as np
 
 from m2n2_jax.errors import DataError
 from m2n2_jax.tasks.base import Task
-from m2n2_jax.tasks.digits import MLP, classification_task
+from m2n2_jax.tasks.classification import MLP, classification_task
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",

@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from m2n2_jax.engine import runner
+from m2n2_jax.engine.devices import device_mesh
 
 
 
@@ -43,10 +43,10 @@ def test_eight_simulated_devices_match_one_device():
 def test_device_mesh_prefers_runs_when_it_uses_as_many_devices(devices, runs, batch, want):
     fake = [jax.devices()[0]] * devices  # only the count matters for the choice
     if want is None:
-        assert runner.device_mesh(fake, runs, batch) is None
+        assert device_mesh(fake, runs, batch) is None
         return
     with pytest.warns(UserWarning) if want[1] < devices else _nothing():
-        mesh = runner.device_mesh(fake, runs, batch)
+        mesh = device_mesh(fake, runs, batch)
     assert (mesh.axis_names[0], mesh.devices.size) == want
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from m2n2_jax import M2N2, M2N2Config, VectorLayout
 from m2n2_jax.engine import runner
-from m2n2_jax.algorithm import strategy
 from m2n2_jax.engine.budget import plan_budget
 from m2n2_jax.errors import ConfigError, ScoreFunctionError, SeedModelError
 

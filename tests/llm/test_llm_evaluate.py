@@ -16,7 +16,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from m2n2_jax.errors import ConfigError  # noqa: E402
 from m2n2_jax.llm import evaluate, math_task, model, shop  # noqa: E402
 from m2n2_jax.llm.config import LlamaConfig  # noqa: E402
-from m2n2_jax.llm.data import Batch  # noqa: E402
+from m2n2_jax.llm.data import Batch, encode  # noqa: E402
 from m2n2_jax.llm.gguf_file import _byte_alphabet  # noqa: E402
 from m2n2_jax.llm.text import HFTokenizer  # noqa: E402
 
@@ -223,6 +223,18 @@ def test_teacher_forcing_scores_what_greedy_writes(tiny, tokenizer):
         assert np.asarray(perturbed(params)).tolist() == [0.0] * len(rows)
 
 
+def test_episode_scores_need_every_step():
+    groups = evaluate.fitness_groups("agent", "fitness", limit=3)
+    counts = [len(shop.expert_episode(evaluate.catalogue(), g)) for g in evaluate.shop_goals("fitness", limit=3)]
+    assert groups.tolist() == [g for g, c in enumerate(counts) for _ in range(c)]
+    assert len(groups) == len(evaluate.fitness_pairs("agent", "fitness", limit=3))
+    steps = np.ones(len(groups), np.float32)
+    steps[counts[0]] = 0.0  # the first step of the second goal is wrong
+    got = jax.jit(evaluate.episode_scores, static_argnums=2)(steps, groups, 3)
+    assert np.asarray(got).tolist() == [1.0, 0.0, 1.0]
+    assert evaluate.fitness_groups("math", "fitness", limit=4).tolist() == [0, 1, 2, 3]
+
+
 def test_bad_arguments():
     tok = object()
     with pytest.raises(ConfigError, match="fitness mode"):
@@ -242,6 +254,10 @@ def test_teacher_forcing_agrees_with_greedy_on_smollm2():
 
     path = cached_smollm2()
     tok = text.load_hf_tokenizer(path)
+    for task in evaluate.TASKS:  # training targets: generation starts where scoring's prefix ends
+        for prompt, target in evaluate.training_pairs(task, "test", limit=25):
+            prefix, answer = tok.split(prompt, target)
+            assert prefix == tok.encode_prompt(prompt) and tok.decode(answer) == target
     config, params = checkpoint.load(path)
     questions = ["What is 17 + 25? Reply with the number only.", "Name the capital of France in one word.",
                  "What colour is the sky? One word.", "Say hello."]
@@ -256,7 +272,7 @@ def test_teacher_forcing_agrees_with_greedy_on_smollm2():
                 extended.append((prompt, reply + " Then buy."))
     if not pairs:
         pytest.skip("the base model's replies did not end within 16 tokens")
-    batch = evaluate.encode(tok, pairs + extended)
+    batch = encode(tok, pairs + extended)
     scores = np.asarray(evaluate.score_function(config, batch, tok.eos_ids, batch_size=8)(params))
     assert len(pairs) >= 2, [tok.decode(n) for n in new]
     assert scores.tolist() == [1.0] * len(pairs) + [0.0] * len(extended)

@@ -15,7 +15,8 @@ from m2n2_jax.methods.evosax_es import LazyCMA_ES, run_es
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.tasks.base import Task
-from m2n2_jax.tasks.digits import MLP, classification_task, load_digits_split
+from m2n2_jax.tasks.digits import load_digits_split
+from m2n2_jax.tasks.classification import MLP, classification_task
 
 DIM = 40
 

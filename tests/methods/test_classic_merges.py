@@ -264,3 +264,9 @@ def test_leaf_groups_follow_the_layout_order():
     params = {"a": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
     assert cm.leaf_groups(VectorLayout.of(params)).tolist() == [0, 0, 0, 0, 1, 1]
     assert cm.leaf_groups(VectorLayout.of(params, order=[1, 0])).tolist() == [0, 0, 1, 1, 1, 1]
+
+
+def test_slerp_refuses_a_t_per_tensor_of_the_wrong_length():
+    a, ft = grid_models(8, k=1)
+    with pytest.raises(ConfigError, match="one per tensor"):
+        cm.slerp(jnp.asarray(a), jnp.asarray(ft[0]), [0.1, 0.2], ids())

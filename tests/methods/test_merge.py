@@ -108,7 +108,7 @@ def test_a_task_built_directly_leads_with_a_metric_it_has():
 @pytest.fixture(scope="module")
 def digits_pair(tmp_path_factory):
     """The paper's pre-trained pair (digits 0-4 and 5-9), saved as a .msgpack and a per-parameter .npz."""
-    from m2n2_jax.tasks.pretrained import digits_pretrained_pair
+    from m2n2_jax.tasks.digits import digits_pretrained_pair
 
     directory = tmp_path_factory.mktemp("pair")
     old = os.environ.get("M2N2_CACHE_DIR")
@@ -302,3 +302,16 @@ def test_recipe_archive_mistakes(run_main, tmp_path, digits_pair, extra, needle)
     res = run_main("merge", *paths, "--archive", "recipes", *extra, "--forward-passes", 20,
                    "--out", tmp_path / "o", "--quiet")
     assert_one_line_error(res, needle)
+
+
+def test_recipe_merge_scores_in_bfloat16_and_records_the_scoring(run_main, tmp_path, digits_pair):
+    _, _, paths = digits_pair
+    res = run_main("merge", *paths, "--archive", "recipes", "--scoring-dtype", "bfloat16", "--forward-passes", 40,
+                   "--batch", 2, "--out", tmp_path / "o", "--quiet", "--no-checkpoint")
+    assert res.returncode == 0, res.stderr
+    scoring = json.loads((tmp_path / "o" / "results.json").read_text())["execution"]["scoring"]
+    assert scoring["dtype"] == "bfloat16" and scoring["children_scored"] == 42 and scoring["seconds_per_child"] > 0
+    assert scoring["peak_host_rss_bytes"] > 0
+    res = run_main("merge", *paths, "--scoring-dtype", "bfloat16", "--forward-passes", 20, "--out", tmp_path / "d",
+                   "--quiet")
+    assert_one_line_error(res, "--scoring-dtype bfloat16 applies to --archive recipes only")

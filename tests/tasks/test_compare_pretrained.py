@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from m2n2_jax.tasks import pretrained
+from m2n2_jax.tasks import digits
 from m2n2_jax.io import results
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.methods.registry import check as check_method
@@ -15,12 +15,13 @@ from conftest import run_cli
 
 def test_pretrained_pair_is_trained_once_then_read_from_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("M2N2_CACHE_DIR", str(tmp_path))
-    first = pretrained.digits_pretrained_pair(hidden=8, epochs=30, learning_rate=3e-2)
-    path = pretrained.cache_path(hidden=8, epochs=30, learning_rate=3e-2)
+    first = digits.digits_pretrained_pair(hidden=8, epochs=30, learning_rate=3e-2)
+    path = digits.cache_path(hidden=8, epochs=30, learning_rate=3e-2)
     assert os.path.dirname(path) == str(tmp_path) and os.path.exists(path)
     assert first.shape == (2, 64 * 8 + 8 + 8 * 10 + 10)
     # each specialist is better on its own half of the digits
-    from m2n2_jax.tasks.digits import MLP, load_digits_split, mlp_layout
+    from m2n2_jax.tasks.digits import load_digits_split
+    from m2n2_jax.tasks.classification import MLP, mlp_layout
     import jax.numpy as jnp
 
     (x, y), _ = load_digits_split()
@@ -29,9 +30,9 @@ def test_pretrained_pair_is_trained_once_then_read_from_cache(tmp_path, monkeypa
         pred = np.argmax(np.asarray(MLP(hidden=8).apply(layout.unravel(jnp.asarray(model)), x)), axis=1)
         assert (pred == y)[own].mean() > (pred == y)[~own].mean() + 0.3
     np.savez(path, models=np.full_like(first, 7.0))  # a marker: a second call must read, not retrain
-    again = pretrained.digits_pretrained_pair(hidden=8, epochs=30, learning_rate=3e-2)
+    again = digits.digits_pretrained_pair(hidden=8, epochs=30, learning_rate=3e-2)
     assert np.all(again == 7.0)
-    other = pretrained.digits_pretrained_pair(hidden=8, epochs=2, learning_rate=3e-2)  # other setting: retrained
+    other = digits.digits_pretrained_pair(hidden=8, epochs=2, learning_rate=3e-2)  # other setting: retrained
     assert not np.all(other == 7.0)
 
 

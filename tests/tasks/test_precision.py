@@ -13,7 +13,8 @@ import ml_dtypes
 import numpy as np
 
 from m2n2_jax.tasks import digits_task
-from m2n2_jax.tasks.digits import MLP, load_digits_split, mixed_precision_dot, mlp_layout
+from m2n2_jax.tasks.digits import load_digits_split
+from m2n2_jax.tasks.classification import MLP, mixed_precision_dot, mlp_layout
 
 U32 = 2.0 ** -24
 
