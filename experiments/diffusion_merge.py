@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/diffusion-merge", help="output folder (default: runs/diffusion-merge)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--cache", default="runs/cache", help="where trained seeds are kept (default: runs/cache)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="save each merge method's engine runs here (one folder per method; default: none)")
     parser.add_argument("--runs", type=int, default=defaults.runs)
     parser.add_argument("--forward-passes", type=int, default=defaults.forward_passes)
     parser.add_argument("--cma-runs", type=int, default=defaults.cma_runs)
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
                         "environment": environment()})
             log(f"wrote {args.out}/diagnostics.json")
             return 0
-        record, display, layout = pipeline.run(cfg, log, cache_dir=args.cache)
+        record, display, layout = pipeline.run(cfg, log, cache_dir=args.cache,
+                                                checkpoint_dir=args.checkpoints)
         record["command"] = command.strip()
         record["environment"] = environment()
         write_json(os.path.join(args.out, "results.json"), record)
