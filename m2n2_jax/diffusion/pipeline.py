@@ -81,7 +81,8 @@ class PipelineConfig:
     judge_steps: int = 2000
     base: train.TrainConfig = train.TrainConfig(steps=300, batch=64, lr=2e-3)
     seeds: tuple[SeedSpec, ...] = DEFAULT_SEEDS
-    fitness_images: int = 96       # test-split images [0, fitness_images) with Japanese captions
+    fitness_images: int = 160      # test-split images [0, fitness_images) with Japanese captions
+    fitness_samples: int = 3       # noise draws per fitness caption (datapoints = images x samples)
     test_start: int = 160          # test-split images [test_start, 360) for every report
     methods: tuple[str, ...] = tuple(METHODS)
     runs: int = 3
@@ -105,6 +106,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"forward_passes ({self.forward_passes}) must be a positive multiple of children_per_step "
                 f"({self.children_per_step}); use {max(1, self.forward_passes // self.children_per_step) * self.children_per_step}.")
+        if self.fitness_samples < 1:
+            raise ConfigError(f"fitness_samples must be >= 1 (got {self.fitness_samples}).")
         if not 0 < self.fitness_images <= self.test_start < 350:
             raise ConfigError("need 0 < fitness_images <= test_start < 350 (test split has 360 images).")
 
@@ -219,7 +222,7 @@ def setup(cfg: PipelineConfig, log: Callable = print, cache_dir: str | None = No
     seeds = jnp.stack([layout.ravel(models[n]["denoiser"]) for n in names])
     groups = GroupSpec.from_params(layout, base["denoiser"], attention_group, ["attention", "other"])
     lo, hi = 0, cfg.fitness_images
-    fitness = pair_set("japanese", judge, x_test[lo:hi], y_test[lo:hi], _key(cfg, 100))
+    fitness = pair_set("japanese", judge, x_test[lo:hi], y_test[lo:hi], _key(cfg, 100), cfg.fitness_samples)
     tests = {lang: pair_set(lang, judge, x_test[cfg.test_start:], y_test[cfg.test_start:], _key(cfg, 101))
              for lang in LANGS}
     m = cfg.model
@@ -378,6 +381,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
                       "groups": groups.to_dict(), "layers": layer_names, **dataclasses.asdict(cfg.model)},
         "seed_models": seed_info,
         "fitness": {"language": "japanese", "images": f"test[0:{cfg.fitness_images}]",
+                    "noise_draws_per_caption": cfg.fitness_samples,
                     "datapoints": fitness.num_datapoints,
                     "score": "normalised judge-feature similarity (1 + cos) / 2 of generated and real image; "
                              "worst in population subtracted, capacity = best shifted score in the archive "

@@ -207,3 +207,5 @@ def test_pipeline_config_rejects_bad_settings():
         pipeline.PipelineConfig(forward_passes=10, children_per_step=4)
     with pytest.raises(ConfigError, match="Japanese"):
         pipeline.PipelineConfig(seeds=pipeline.DEFAULT_SEEDS[1:])
+    with pytest.raises(ConfigError, match="fitness_samples"):
+        pipeline.PipelineConfig(fitness_samples=0)
