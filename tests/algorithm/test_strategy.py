@@ -251,5 +251,10 @@ def test_subtract_worst_never_draws_an_empty_slot_as_a_parent():
     assert np.asarray(state.filled).tolist() == [True, True] + [False] * 4
     children, _ = strat.ask(jax.random.PRNGKey(1), state, params)
     np.testing.assert_allclose(np.asarray(children), np.broadcast_to(seed, (64, 4)), rtol=1e-6)
-    with pytest.raises(Exception, match="subtract_worst"):
+    from m2n2_jax.algorithm.recipes import check_config
+    from m2n2_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="subtract_worst"):
         M2N2Config(key_order="reference", subtract_worst=True)
+    with pytest.raises(ConfigError, match="dense archive only"):
+        check_config(M2N2Config(subtract_worst=True, mutation_std=0.0))
