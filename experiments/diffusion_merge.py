@@ -31,6 +31,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/diffusion-merge", help="output folder (default: runs/diffusion-merge)")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--cache", default="runs/cache", help="where trained seeds are kept (default: runs/cache)")
+    parser.add_argument("--compile-cache", default="runs/cache/jax",
+                        help="JAX's persistent compilation cache, so that a rerun skips XLA compilation "
+                             "('' to disable; default: runs/cache/jax)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="save each merge method's engine runs here (one folder per method; default: none)")
     parser.add_argument("--runs", type=int, default=defaults.runs)
     parser.add_argument("--forward-passes", type=int, default=defaults.forward_passes)
     parser.add_argument("--cma-runs", type=int, default=defaults.cma_runs)
@@ -50,7 +55,10 @@ def main(argv=None) -> int:
             raise ConfigError(f"{args.out} already holds results.json; choose another --out, or add --overwrite "
                               "to replace it.")
         os.makedirs(args.out, exist_ok=True)
-        start = time.perf_counter()
+        if args.compile_cache:
+            jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        start, load_start = time.perf_counter(), os.getloadavg()
         log = lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)
         if args.diagnostics:
             st = pipeline.setup(cfg, log, cache_dir=args.cache)
@@ -59,9 +67,11 @@ def main(argv=None) -> int:
                         "environment": environment()})
             log(f"wrote {args.out}/diagnostics.json")
             return 0
-        record, display, layout = pipeline.run(cfg, log, cache_dir=args.cache)
+        record, display, layout = pipeline.run(cfg, log, cache_dir=args.cache,
+                                                checkpoint_dir=args.checkpoints)
         record["command"] = command.strip()
-        record["environment"] = environment()
+        record["environment"] = {**environment(), "load_average_1min": {"start": round(load_start[0], 1),
+                                                                       "end": round(os.getloadavg()[0], 1)}}
         write_json(os.path.join(args.out, "results.json"), record)
         with open(os.path.join(args.out, "table.md"), "w") as f:
             f.write(report.table_markdown(record, command.strip()))

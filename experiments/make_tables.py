@@ -150,14 +150,16 @@ def diffusion() -> str:
     lines = ["| model | Japanese accuracy / similarity | English accuracy / similarity | consistency | FID (JA) |",
              "|---|---|---|---|---|"]
     for name, row in data["rows"].items():
+        runs = len(row.get("per_run") or [])
         what = {"merge": f" ({row.get('runs', 1)} runs of {row.get('forward_passes', 0):,} fp)",
-                "baseline": "", "seed": ""}.get(row["kind"], "")
+                "baseline": f" ({runs} runs of {row.get('evaluations', 0):,} evaluations)" if runs > 1 else "",
+                "seed": ""}.get(row["kind"], "")
         if row["kind"] not in ("merge", "baseline", "seed"):
             continue
         cells = [" / ".join(cell(row, k) for k in group) for group in cols]
         lines.append(f"| {name}{what} | " + " | ".join(cells) + " |")
     note = ("Held-out captions and noise; the encoder is each seed's own for seed rows and the Japanese "
-            "seed's for merges and baselines; merges: mean ± standard error over runs.")
+            "seed's for merges and baselines; merges and CMA-ES: mean ± standard error over runs.")
     return "\n".join(lines + ["", source_line([path], [data], note)])
 
 

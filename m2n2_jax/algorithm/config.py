@@ -67,6 +67,11 @@ class M2N2Config:
         reference's sampler; the default) or "hash" (a keyed counter hash,
         cheaper to draw; its speed and results against threefry are in the
         README's design notes and docs/results/digits-noise-study).
+    subtract_worst: before competition, subtract from each datapoint's scores
+        the worst score any archive member (and, at insertion, the child)
+        reaches on it, as the paper does for its continuous diffusion scores;
+        empty slots then take no part in competition and are filled first.
+        Under "archive-max" the capacity is the best score after the shift.
     groups: parameter groups with their own split point and ratio each
         (:class:`groups.GroupSpec`; None: one split point over the whole vector).
         :func:`evolution.evolve` fills it in from ``Task.groups``.
@@ -83,6 +88,7 @@ class M2N2Config:
     slerp_eps: float | None = None
     noise: Literal["hash", "threefry"] = "threefry"
     capacity_rule: CapacityRule = "auto"
+    subtract_worst: bool = False
     groups: GroupSpec | None = None
 
     def __post_init__(self):
@@ -106,6 +112,9 @@ class M2N2Config:
             raise ConfigError(f"slerp_eps must be in [0, 1) (got {self.slerp_eps!r}); the default is 1e-3.")
         if self.noise not in ("hash", "threefry"):
             raise ConfigError(f"noise must be 'hash' or 'threefry' (got {self.noise!r}).")
+        if self.key_order == "reference" and self.subtract_worst:
+            raise ConfigError("key_order='reference' follows the authors' digits code, which does not subtract "
+                              "the worst score; set subtract_worst=False or use key_order='engine'.")
         if self.key_order == "reference" and self.children_per_step != 1:
             raise ConfigError(
                 "key_order='reference' follows the authors' one-child-per-step loop; "

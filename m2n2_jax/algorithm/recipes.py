@@ -197,6 +197,9 @@ def check_config(config: M2N2Config) -> None:
         raise ConfigError(
             f"a recipe archive needs mutation_std = 0 (got {config.mutation_std}): mutated children are not "
             "combinations of the seeds. Set mutation_std=0, as for merging pre-trained models.")
+    if config.subtract_worst:
+        raise ConfigError("subtract_worst is implemented by the dense archive only; use --archive dense (or "
+                          "subtract_worst=False) for a recipe archive.")
 
 
 def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None,

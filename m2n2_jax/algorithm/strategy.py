@@ -51,7 +51,10 @@ class ArchiveState:
     params: [P, D] flat models (empty slots are zero vectors).
     scores: [P, N] per-datapoint scores (empty slots score zero).
     capacity: [N] capacity c_j of each datapoint (under "archive-max", the
-        archive's best scores, updated by every tell).
+        archive's best scores, updated by every tell; after the shift when the
+        config subtracts the worst score).
+    filled: [P] which slots hold a model (competition ignores empty slots only
+        when the config subtracts the worst score).
     evaluated: children told so far (forward passes).
     inserted: children that entered the archive.
     key: the run's key in reference order (unused in engine order).
@@ -61,15 +64,21 @@ class ArchiveState:
     params: jax.Array
     scores: jax.Array
     capacity: jax.Array
+    filled: jax.Array
     evaluated: jax.Array
     inserted: jax.Array
     key: jax.Array
     capacity_rule: str = flax.struct.field(pytree_node=False, default="fixed")
+    subtract_worst: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def best_index(self) -> jax.Array:
-        """The first member with the highest mean score (the reported model)."""
-        return jnp.argmax(jnp.mean(self.scores, axis=1))
+        """The first member with the highest mean score (the reported model; only
+        members count when the worst score is subtracted, whatever the scores' sign)."""
+        mean = jnp.mean(self.scores, axis=1)
+        if self.subtract_worst:
+            mean = jnp.where(self.filled, mean, -jnp.inf)
+        return jnp.argmax(mean)
 
 
 def check_scores(scores, num_children: int, num_datapoints: int | None) -> jax.Array:
@@ -100,10 +109,17 @@ def child_keys(key, num_children: int) -> jax.Array:
     return jax.random.split(key, num_children * 3).reshape((num_children, 3) + key.shape)
 
 
+def _competition(state: ArchiveState):
+    """(scores, capacity) that parent selection competes on (shifted by the worst member if so configured)."""
+    if not state.subtract_worst:
+        return state.scores, state.capacity
+    return niches.shift_by_worst(state.scores, state.filled), state.capacity
+
+
 def _make_child(config: M2N2Config, state: ArchiveState, params: M2N2Params, keys) -> jax.Array:
     """One child from keys [3]: select parents, cross them over, mutate."""
-    a, b = niches.select_parents(keys[0], state.scores, state.capacity, params.alpha,
-                                 config.use_attraction, reference=config.reference)
+    a, b = niches.select_parents(keys[0], *_competition(state), params.alpha, config.use_attraction,
+                                 reference=config.reference, filled=state.filled if state.subtract_worst else None)
     x, y = state.params[a], state.params[b]
     if not config.use_crossover:
         child = x
@@ -135,16 +151,20 @@ def _tell(population, fitness, state: ArchiveState, params: M2N2Params):
     fitness = check_scores(fitness, population.shape[0], state.scores.shape[1])
     adaptive = state.capacity_rule == "archive-max"
 
-    def insert_one(carry, child_and_scores):
-        members, scores = carry
-        child, child_scores = child_and_scores
-        members, scores, ok, slot = niches.insert(members, scores, child, child_scores, state.capacity,
-                                                  params.alpha, adaptive)
-        return (members, scores), (ok, slot)
+    shift = state.subtract_worst
+    given = state.capacity
 
-    (members, scores), (ok, slots) = jax.lax.scan(insert_one, (state.params, state.scores), (population, fitness))
-    capacity = niches.archive_capacity(scores) if adaptive else state.capacity
-    state = state.replace(params=members, scores=scores, capacity=capacity,
+    def insert_one(carry, child_and_scores):
+        members, scores, filled = carry
+        child, child_scores = child_and_scores
+        members, scores, ok, slot = niches.insert(members, scores, child, child_scores, given,
+                                                  params.alpha, adaptive, shift, filled)
+        return (members, scores, filled.at[slot].set(filled[slot] | ok)), (ok, slot)
+
+    (members, scores, filled), (ok, slots) = jax.lax.scan(
+        insert_one, (state.params, state.scores, state.filled), (population, fitness))
+    _, capacity = niches.competing(scores, given, filled, adaptive, shift)
+    state = state.replace(params=members, scores=scores, capacity=capacity, filled=filled,
                           inserted=state.inserted + jnp.sum(ok, dtype=jnp.int32),
                           evaluated=state.evaluated + population.shape[0])
     best = state.best_index
@@ -165,8 +185,9 @@ def _init(config: M2N2Config, key, seeds, seed_scores, params: M2N2Params, capac
     size = config.archive_size
     empty = ArchiveState(params=jnp.zeros((size, seeds.shape[1]), seeds.dtype),
                          scores=jnp.zeros((size, num_points), jnp.float32), capacity=capacity,
-                         evaluated=jnp.zeros((), jnp.int32), inserted=jnp.zeros((), jnp.int32),
-                         key=key, capacity_rule=rule)
+                         filled=jnp.zeros((size,), bool), evaluated=jnp.zeros((), jnp.int32),
+                         inserted=jnp.zeros((), jnp.int32), key=key, capacity_rule=rule,
+                         subtract_worst=config.subtract_worst)
     state, _ = _tell(seeds, seed_scores, empty, params)
     return state.replace(evaluated=jnp.zeros((), jnp.int32))
 

@@ -33,7 +33,9 @@ def table_markdown(record: dict, command: str) -> str:
         "similarity of the images drawn from a Japanese caption and its English translation (same noise); both "
         "correct = share of such pairs whose two images the judge both assigns to the caption's class. "
         "FID in the judge's feature space against the real test images (lower is better). Fitness = mean "
-        f"Japanese training similarity ({record['fitness']['images']}). Merges: mean ± standard error over "
+        f"Japanese training similarity ({record['fitness']['images']}, "
+        f"{record['fitness'].get('noise_draws_per_caption', 1)} noise draw(s) per caption: "
+        f"{record['fitness']['datapoints']} datapoints). Merges: mean ± standard error over "
         f"{cfg['runs']} runs of {cfg['forward_passes']} forward passes (best member by training score); "
         f"CMA-ES: {cfg['cma_runs']} run(s) of {cfg['forward_passes']} evaluations.", "",
         "| model | kind | encoder | JA accuracy | JA similarity | EN accuracy | EN similarity | consistency "

@@ -18,6 +18,7 @@ import numpy as np
 
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.tasks.base import Task
 from m2n2_jax.diffusion import classifier as clf
 from m2n2_jax.diffusion import prompts as pr
 from m2n2_jax.diffusion.model import ModelConfig, fixed_noise, sample, to_raw
@@ -99,3 +100,17 @@ def full_params(layout: VectorLayout, encoder, x):
 def attention_group(path: str) -> int:
     """0 for parameters of a cross-attention layer, 1 for the rest of the denoiser."""
     return 0 if "cross_attn" in path else 1
+
+
+def merge_task(layout: VectorLayout, seeds, score_vector, groups=None, name: str = "diffusion-merge") -> Task:
+    """The denoiser merge as an engine :class:`Task`: flat denoisers, the Japanese fitness
+    ``score_vector(x) -> [N]`` (continuous, so the engine's capacity is the archive's
+    best), the given seeds [K, D] and parameter ``groups`` (None: one split point)."""
+    seeds = jnp.asarray(seeds)
+
+    def no_scratch(key):
+        raise ConfigError("the diffusion merge starts from its seed denoisers; run it with init='pretrained'.")
+
+    return Task(name=name, layout=layout, num_datapoints=int(jax.eval_shape(score_vector, seeds[0]).shape[0]),
+                score_vector=score_vector, metrics=lambda x: {}, random_seed=no_scratch,
+                pretrained_seeds=lambda: seeds, groups=groups, headline_metric="best_train_score")

@@ -28,7 +28,7 @@ INITS = ("scratch", "pretrained")
 DEFAULT_FORWARD_PASSES = {"scratch": 50_000, "pretrained": 10_000}
 KEY_ORDERS = ("engine", "reference")
 # Algorithm options (CLI --names with '_'); a method refuses those it does not honour.
-ENGINE_OPTIONS = frozenset({"batch", "archive_size", "alpha", "mutation_std", "noise"})
+ENGINE_OPTIONS = frozenset({"batch", "archive_size", "alpha", "mutation_std", "noise", "subtract_worst"})
 
 
 @dataclasses.dataclass(frozen=True)

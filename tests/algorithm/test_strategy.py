@@ -176,3 +176,85 @@ def test_params_are_a_pytree_of_the_numeric_settings():
     assert isinstance(params, M2N2Params)
     assert [float(x) for x in jax.tree.leaves(params)] == [0.5, 0.0, pytest.approx(1e-3)]
     assert float(M2N2Config(key_order="reference").params().slerp_eps) == pytest.approx(1e-6)
+
+
+def numpy_insert_minus_worst(members, scores, filled, child, child_scores, capacity, alpha, adaptive):
+    """Plain-Python insertion with the paper's continuous rule: each datapoint's worst score over
+    the members (and the child) subtracted, capacity the best shifted score, empty slots first."""
+    size, n = scores.shape
+    rows = [list(map(float, r)) for r in scores] + [list(map(float, child_scores))]
+    member = list(filled) + [True]
+    worst = [min(rows[i][j] for i in range(size + 1) if member[i]) for j in range(n)]
+    shifted = [[rows[i][j] - worst[j] if member[i] else 0.0 for j in range(n)] for i in range(size + 1)]
+    if adaptive:
+        capacity = [max(r[j] for r in shifted) or 1.0 for j in range(n)]
+    fitness = []
+    for i in range(size + 1):
+        z = [sum(r[j] for r in shifted) or 1.0 for j in range(n)]
+        fit = sum(capacity[j] * shifted[i][j] / z[j] ** alpha for j in range(n))
+        fitness.append(fit if member[i] else -np.inf)
+    out = fitness.index(min(fitness))
+    members, scores, filled = members.copy(), scores.copy(), filled.copy()
+    if out < size:
+        members[out], scores[out], filled[out] = child, child_scores, True
+    shifted_members = [[scores[i][j] - min(scores[k][j] for k in range(size) if filled[k]) if filled[i] else 0.0
+                        for j in range(n)] for i in range(size)]
+    if adaptive:
+        capacity = [max(r[j] for r in shifted_members) or 1.0 for j in range(n)]
+    return members, scores, filled, np.asarray(shifted_members), np.asarray(capacity)
+
+
+@pytest.mark.parametrize("rule", ["archive-max", "fixed"])
+def test_subtract_worst_matches_a_numpy_loop(rule):
+    """The engine option for the paper's diffusion protocol, child by child against plain Python;
+    the same children without the option take other decisions (the test can fail)."""
+    rng = np.random.default_rng(5)
+    size, n, dim, steps = 5, 7, 3, 40
+    config = M2N2Config(archive_size=size, capacity_rule=rule, subtract_worst=True, mutation_std=0.0)
+    strat = M2N2(config, np.zeros(dim, np.float32))
+    plain = M2N2(config.replace(subtract_worst=False), np.zeros(dim, np.float32))
+    params = strat.default_params
+    seeds = rng.normal(size=(2, dim)).astype(np.float32)
+    seed_scores = (0.5 + 0.3 * rng.random((2, n))).astype(np.float32)  # well above 0: the shift matters
+    state = strat.init(jax.random.PRNGKey(0), seeds, seed_scores, params)
+    other = plain.init(jax.random.PRNGKey(0), seeds, seed_scores, params)
+    members, scores, filled = np.zeros((size, dim), np.float32), np.zeros((size, n), np.float32), np.zeros(size, bool)
+    for s, sc in zip(seeds, seed_scores):
+        members, scores, filled, _, _ = numpy_insert_minus_worst(members, scores, filled, s, sc, np.ones(n), 1.0,
+                                                                 rule == "archive-max")
+    differ = 0
+    for _ in range(steps):
+        child = rng.normal(size=(1, dim)).astype(np.float32)
+        child_scores = (0.4 + 0.5 * rng.random((1, n))).astype(np.float32)
+        state, _ = strat.tell(jax.random.PRNGKey(0), child, child_scores, state, params)
+        other, _ = plain.tell(jax.random.PRNGKey(0), child, child_scores, other, params)
+        members, scores, filled, shifted, capacity = numpy_insert_minus_worst(
+            members, scores, filled, child[0], child_scores[0], np.ones(n), 1.0, rule == "archive-max")
+        np.testing.assert_array_equal(np.asarray(state.params), members)
+        np.testing.assert_array_equal(np.asarray(state.filled), filled)
+        np.testing.assert_allclose(np.asarray(state.capacity), capacity, rtol=1e-6)
+        from m2n2_jax.algorithm.strategy import _competition
+
+        np.testing.assert_allclose(np.asarray(_competition(state)[0]), shifted, rtol=1e-6, atol=1e-7)
+        differ += not np.array_equal(np.asarray(other.params), members)
+    assert filled.all() and differ > 0
+
+
+def test_subtract_worst_never_draws_an_empty_slot_as_a_parent():
+    """Two identical seeds: every shifted score is 0, so fitness and attraction are all zero;
+    the fallback draws among the members, never an empty (all-zero) slot."""
+    config = M2N2Config(archive_size=6, subtract_worst=True, mutation_std=0.0, children_per_step=64)
+    strat = M2N2(config, np.zeros(4, np.float32))
+    params = strat.default_params
+    seed = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    state = strat.init(jax.random.PRNGKey(0), np.stack([seed, seed]), np.full((2, 3), 0.7, np.float32), params)
+    assert np.asarray(state.filled).tolist() == [True, True] + [False] * 4
+    children, _ = strat.ask(jax.random.PRNGKey(1), state, params)
+    np.testing.assert_allclose(np.asarray(children), np.broadcast_to(seed, (64, 4)), rtol=1e-6)
+    from m2n2_jax.algorithm.recipes import check_config
+    from m2n2_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="subtract_worst"):
+        M2N2Config(key_order="reference", subtract_worst=True)
+    with pytest.raises(ConfigError, match="dense archive only"):
+        check_config(M2N2Config(subtract_worst=True, mutation_std=0.0))

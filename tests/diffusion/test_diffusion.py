@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from m2n2_jax import M2N2, method_config
-from m2n2_jax.algorithm import niches
 from m2n2_jax.diffusion import classifier as clf
-from m2n2_jax.diffusion import merge, model, pipeline, prompts, search, task, train
+from m2n2_jax.diffusion import merge, model, pipeline, prompts, task, train
 from m2n2_jax.errors import ConfigError, M2N2Error
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.algorithm.groups import GroupSpec
@@ -109,40 +108,6 @@ def test_fine_tunes_leave_the_encoder_or_the_other_language_unchanged():
         train.gradient_mask(base, "everything")
 
 
-# ---- the paper's continuous scoring --------------------------------------------------
-
-def test_continuous_niches_subtract_the_worst_and_use_the_best_as_capacity():
-    rng = np.random.default_rng(0)
-    scores = rng.random((5, 7)).astype(np.float32)
-    filled = np.array([True, True, False, True, True])
-    got = np.asarray(search.niche_matrix(jnp.asarray(scores), jnp.asarray(filled), 1.0))
-    # Plain reference over the filled members only.
-    s = scores[filled].astype(np.float64)
-    shifted = s - s.min(0)
-    cap = np.where(shifted.max(0) > 0, shifted.max(0), 1.0)
-    z = shifted.sum(0)
-    want = cap * shifted / np.where(z > 0, z, 1.0)
-    np.testing.assert_allclose(got[filled], want, rtol=1e-5, atol=1e-7)
-    assert np.all(got[~filled] == 0)
-
-
-def test_insert_fills_empty_slots_first_then_replaces_the_least_fit():
-    config = method_config("m2n2", mutation_std=0.0, archive_size=3)
-    seeds = jnp.eye(4)[:2]
-    archive = search.init_archive(config, seeds, jnp.asarray([[0.9, 0.1], [0.1, 0.9]]))
-    archive = search.insert(archive, jnp.ones(4), jnp.asarray([0.3, 0.3]), 1.0)
-    assert np.asarray(archive.filled).all() and np.array_equal(np.asarray(archive.params[2]), np.ones(4))
-    # Member 2 is the least fit of members + child (plain computation below), so it leaves.
-    archive2 = search.insert(archive, 2 * jnp.ones(4), jnp.asarray([0.6, 0.6]), 1.0)
-    s = np.array([[0.9, 0.1], [0.1, 0.9], [0.3, 0.3], [0.6, 0.6]])
-    shifted = s - s.min(0)
-    fit = (shifted.max(0) * shifted / shifted.sum(0)).sum(1)
-    assert int(np.argmin(fit)) == 2 and np.array_equal(np.asarray(archive2.params[2]), 2 * np.ones(4))
-    # A child worst everywhere never enters.
-    archive3 = search.insert(archive, 3 * jnp.ones(4), jnp.asarray([0.0, 0.0]), 1.0)
-    assert np.array_equal(np.asarray(archive3.params), np.asarray(archive.params))
-
-
 # ---- merges: valid merges of the seeds, encoder untouched -------------------------------
 
 def test_the_merged_model_is_a_merge_of_its_seeds_with_the_encoder_untouched(judge):
@@ -160,10 +125,13 @@ def test_the_merged_model_is_a_merge_of_its_seeds_with_the_encoder_untouched(jud
     def score(x):
         return task.pair_scores(TINY, judge_params, task.full_params(layout, ja_encoder, x), ps)
 
-    config = method_config("m2n2", mutation_std=0.0, children_per_step=4, archive_size=6, groups=groups)
-    archives, curve = search.run(config, score, seeds, [0, 1], 24)
-    assert curve[-1][1] >= curve[0][1] and int(archives.evaluated[0]) == 24
-    vectors = search.best_vectors(archives)
+    cfg = pipeline.PipelineConfig(forward_passes=24, children_per_step=4, archive_size=6)
+    result = pipeline.merge_runs("m2n2", task.merge_task(layout, seeds, score, groups), cfg, [0, 1], log=lambda m: None)
+    archives = result.state.archive
+    curve = result.metrics["best_train_score"]
+    assert result.config["subtract_worst"] and result.config["mutation_std"] == 0 and result.config["groups"]
+    assert np.all(curve[:, -1] >= curve[:, 0]) and int(archives.evaluated[0]) == 24
+    vectors = result.best_vectors()
     children = np.asarray(archives.params)[np.asarray(archives.filled)]
     assert len(children) > 8                                       # children entered the archives
     for member in children:
@@ -239,3 +207,5 @@ def test_pipeline_config_rejects_bad_settings():
         pipeline.PipelineConfig(forward_passes=10, children_per_step=4)
     with pytest.raises(ConfigError, match="Japanese"):
         pipeline.PipelineConfig(seeds=pipeline.DEFAULT_SEEDS[1:])
+    with pytest.raises(ConfigError, match="fitness_samples"):
+        pipeline.PipelineConfig(fitness_samples=0)
