@@ -45,8 +45,11 @@ from m2n2_jax.io.results import environment
 from m2n2_jax.llm import checkpoint, evaluate, shop, smol_search, smol_specialists
 from m2n2_jax.llm.smol_specialists import GGUF, log
 from m2n2_jax.methods import classic_merges, layer_cma
+from m2n2_jax.methods.registry import get, names
 
-SEARCHES = ("m2n2", "m2n2-no-attraction", "m2n2-no-split-point", "ga", "map-elites", "cma-es-layers")
+# The M2N2 family comes from the method registry; the 4 x 4 MAP-Elites over (math, agent) fitness and the
+# per-layer SLERP CMA-ES are this pipeline's own searches (the registry's map-elites is the digits grid).
+SEARCHES = names(lambda m: m.pipeline_ablation) + ("map-elites-4x4", "cma-es-layers")
 CLASSIC = ("linear", "slerp", "task-arithmetic", "ties", "dare-linear", "dare-ties", "model-stock")
 PAPER_BUDGET = 1000
 
@@ -195,7 +198,7 @@ def classic_merge(name: str, base, seeds, tensor_ids, s: Settings):
 def run_search(name: str, scorer, seed_scores, num_math: int, s: Settings, llama_config, params_like):
     """(flat merged vector, its fitness scores, curve, info) of one search method."""
     bank = scorer.bank
-    if name == "map-elites":
+    if name == "map-elites-4x4":
         recipe, scores, curve, info = smol_search.run_map_elites(scorer, seed_scores, num_math, s.budget, s.warmup,
                                                                  s.seed)
     elif name == "cma-es-layers":
@@ -386,9 +389,8 @@ def verdict(rows: dict) -> dict:
             "gap_to_best_average": rows[best]["average"] - m["average"]}
 
 
-LABELS = {"m2n2": "M2N2", "m2n2-no-attraction": "M2N2 without attraction",
-          "m2n2-no-split-point": "M2N2 without split point", "ga": "GA (alpha 0, no attraction)",
-          "map-elites": "MAP-Elites 4 x 4", "cma-es-layers": "CMA-ES, per-layer SLERP",
+LABELS = {**{n: get(n).about.split(":")[0] for n in names(lambda m: m.pipeline_ablation)},
+          "map-elites-4x4": "MAP-Elites 4 x 4", "cma-es-layers": "CMA-ES, per-layer SLERP",
           "linear": "linear (mergekit semantics)", "slerp": "SLERP t=0.5 (mergekit semantics)",
           "task-arithmetic": "task arithmetic (mergekit semantics)", "ties": "TIES (mergekit semantics)",
           "dare-linear": "DARE linear (mergekit semantics)", "dare-ties": "DARE TIES (mergekit semantics)",

@@ -35,12 +35,12 @@ def toy(memo_path=None):
     return scorer, seed_scores
 
 
-@pytest.mark.parametrize("method", ["m2n2", "m2n2-no-split-point", "map-elites"])
+@pytest.mark.parametrize("method", ["m2n2", "m2n2-no-split-point", "map-elites-4x4"])
 def test_search_uses_its_budget_and_resumes_from_the_memo(tmp_path, method):
     memo = str(tmp_path / "memo.json")
 
     def run(scorer, seed_scores):
-        if method == "map-elites":
+        if method == "map-elites-4x4":
             return smol_search.run_map_elites(scorer, seed_scores, NUM_MATH, 12, 3, 0)
         return smol_search.run_m2n2(method, scorer, seed_scores, 12, 3, 15, 0)
 
