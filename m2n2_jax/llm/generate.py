@@ -86,7 +86,7 @@ def answer_loss(config, params, tokens, targets, lm_weight: float = 0.0):
 
 
 def _prefill(config, params, tokens, valid, positions, cache):
-    logits, cache = apply(config, params, tokens, valid, positions, cache, 0)
+    logits, cache = apply(config, params, tokens, valid, positions, cache, 0, last_only=True)
     return logits[:, -1], cache
 
 

@@ -141,6 +141,16 @@ def test_rope_and_gqa_shapes_and_relative_positions():
     np.testing.assert_allclose(jnp.sum(rotated(q, 7) * rotated(k, 4)), jnp.sum(rotated(q, 13) * rotated(k, 10)), rtol=1e-4)
 
 
+def test_last_only_logits_are_the_last_row_of_the_full_logits():
+    config = LlamaConfig(**TINY)
+    params = model.init_params(config, 3)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, config.vocab_size, (2, 7)), jnp.int32)
+    full = model.apply(config, params, tokens)
+    last = model.apply(config, params, tokens, last_only=True)
+    assert last.shape == (2, 1, config.vocab_size)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-6)
+
+
 def test_greedy_decoding_is_deterministic_and_matches_a_python_loop():
     config = LlamaConfig(**TINY)
     params = model.init_params(config, 4)
