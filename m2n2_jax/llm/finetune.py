@@ -172,7 +172,7 @@ def specialist(directory: str, config, base_params, tokenizer, pairs, settings: 
     params, losses = finetune(config, base_params, batch, settings, log)
     info = {"fingerprint": key, "settings": dataclasses.asdict(settings), "examples": len(pairs),
             "tokens_per_example_mean": float(np.mean(lengths_of(batch))), "seconds": time.perf_counter() - start,
-            "first_losses": losses[:10], "last_losses": losses[-10:], "base": like}
+            "first_losses": losses[:10], "last_losses": losses[-10:], "base": os.path.basename(like)}
     checkpoint.save(directory, config, params, dtype="float32", like=like)
     with open(info_path, "w") as f:
         json.dump(info, f, indent=2)

@@ -366,6 +366,7 @@ def report(out: str) -> dict:
     results["rows"] = rows
     results["not_run"] = [n for n in order if n not in rows]
     results["verdict"] = verdict(rows)
+    results["fitness_agreement"] = fitness_agreement(rows)
     measured = [r.get("seconds_per_child_median") for r in rows.values() if r.get("seconds_per_child_median")]
     if measured:  # scoring time of a child after compilation (the median over a search's children)
         results["seven_b"]["135m_seconds_per_child_measured_cpu"] = float(np.median(measured))
@@ -387,6 +388,34 @@ def verdict(rows: dict) -> dict:
     return {"math_kept": math_kept, "agent_kept": agent_kept, "keeps_90_percent": bool(min(math_kept, agent_kept) >= 0.9),
             "best_average": best, "m2n2_highest_average": best == "m2n2",
             "gap_to_best_average": rows[best]["average"] - m["average"]}
+
+
+def fitness_agreement(rows: dict) -> dict:
+    """How well the cheap teacher-forced fitness agrees with the held-out evaluation, over every model in the
+    table: Pearson and Spearman correlations per task (fitness math share vs held-out math accuracy; fitness agent
+    step score vs held-out agent reward; mean fitness vs held-out average), and whether fitness orders the two
+    specialists as the held-out evaluation does on each task."""
+    names = [n for n in rows if "fitness_math" in rows[n]]
+    out = {"models": len(names)}
+    if len(names) < 3:
+        return out
+
+    def corr(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.std() == 0 or b.std() == 0:
+            return None
+        ranks = lambda x: np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
+        return {"pearson": float(np.corrcoef(a, b)[0, 1]), "spearman": float(np.corrcoef(ranks(a), ranks(b))[0, 1])}
+    pairs = {"math": ("fitness_math", "math_accuracy"), "agent": ("fitness_agent", "agent_reward"),
+             "average": ("fitness_mean", "average")}
+    for task, (f, h) in pairs.items():
+        out[task] = corr([rows[n][f] for n in names], [rows[n][h] for n in names])
+    if {"math specialist", "agent specialist"} <= set(rows):
+        m, a = rows["math specialist"], rows["agent specialist"]
+        out["seeds_ordered_alike"] = {
+            "math": bool((m["fitness_math"] > a["fitness_math"]) == (m["math_accuracy"] > a["math_accuracy"])),
+            "agent": bool((a["fitness_agent"] > m["fitness_agent"]) == (a["agent_reward"] > m["agent_reward"]))}
+    return out
 
 
 LABELS = {**{n: get(n).about.split(":")[0] for n in names(lambda m: m.pipeline_ablation)},
@@ -424,6 +453,15 @@ def write_table(path: str, results: dict) -> None:
                   f"{100 * v['agent_kept']:.0f} % of the agent specialist's reward; highest average: "
                   f"{LABELS.get(v['best_average'], v['best_average'])} "
                   f"({'M2N2' if v['m2n2_highest_average'] else 'M2N2 %.3f below' % v['gap_to_best_average']})."]
+    agree = results.get("fitness_agreement") or {}
+    if agree.get("math") or agree.get("agent"):
+        def fmt(c):
+            return "n/a (no spread)" if not c else f"Pearson {c['pearson']:.2f}, Spearman {c['spearman']:.2f}"
+        seeds = agree.get("seeds_ordered_alike", {})
+        lines += ["", f"Fitness against held-out, over the {agree['models']} models above: math {fmt(agree.get('math'))}; "
+                  f"agent {fmt(agree.get('agent'))}; average {fmt(agree.get('average'))}. Fitness orders the two "
+                  f"specialists as the held-out evaluation does on math: {'yes' if seeds.get('math') else 'no'}, "
+                  f"on the agent task: {'yes' if seeds.get('agent') else 'no'}."]
     per_child = seven["135m_seconds_per_child_measured_cpu"]
     lines += ["", "## Scale: 135M measured, Llama-2-7B by arithmetic", "",
               f"- Fitness forward tokens per child: {seven['fitness_tokens_per_child']:,} (padded rows). "

@@ -156,3 +156,28 @@ def test_pipeline_ties_tensor_by_tensor_equals_the_library_on_the_whole_vector()
     want = classic_merges.ties(base, seeds, ids, density=0.5)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert info["density"] == 0.5
+
+
+def test_fitness_agreement_matches_scipy_correlations():
+    from scipy import stats
+    from m2n2_jax.llm import smol_pipeline
+
+    rng = np.random.default_rng(0)
+    names = ["base", "math specialist", "agent specialist"] + [f"m{i}" for i in range(5)]
+    rows = {n: {"fitness_math": float(rng.random()), "math_accuracy": float(rng.random()),
+                "fitness_agent": float(rng.random()), "agent_reward": float(rng.random())} for n in names}
+    for r in rows.values():
+        r["fitness_mean"] = (r["fitness_math"] + r["fitness_agent"]) / 2
+        r["average"] = (r["math_accuracy"] + r["agent_reward"]) / 2
+    got = smol_pipeline.fitness_agreement(rows)
+    assert got["models"] == len(names)
+    for task, (f, h) in {"math": ("fitness_math", "math_accuracy"), "agent": ("fitness_agent", "agent_reward"),
+                         "average": ("fitness_mean", "average")}.items():
+        a, b = [rows[n][f] for n in names], [rows[n][h] for n in names]
+        assert got[task]["pearson"] == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
+        assert got[task]["spearman"] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    m, ag = rows["math specialist"], rows["agent specialist"]
+    want = (m["fitness_math"] > ag["fitness_math"]) == (m["math_accuracy"] > ag["math_accuracy"])
+    assert got["seeds_ordered_alike"]["math"] == want
+    flat = {n: {**r, "fitness_agent": 0.5} for n, r in rows.items()}  # a constant column: no correlation, no crash
+    assert smol_pipeline.fitness_agreement(flat)["agent"] is None
