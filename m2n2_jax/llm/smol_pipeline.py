@@ -366,6 +366,9 @@ def report(out: str) -> dict:
     results["rows"] = rows
     results["not_run"] = [n for n in order if n not in rows]
     results["verdict"] = verdict(rows)
+    v = results["verdict"]
+    if v and v["best_average"] != "m2n2":
+        v["gap_paired_se"] = paired_average_gap(os.path.join(out, "evals"), v["best_average"], "m2n2")
     results["fitness_agreement"] = fitness_agreement(rows)
     measured = [r.get("seconds_per_child_median") for r in rows.values() if r.get("seconds_per_child_median")]
     if measured:  # scoring time of a child after compilation (the median over a search's children)
@@ -388,6 +391,25 @@ def verdict(rows: dict) -> dict:
     return {"math_kept": math_kept, "agent_kept": agent_kept, "keeps_90_percent": bool(min(math_kept, agent_kept) >= 0.9),
             "best_average": best, "m2n2_highest_average": best == "m2n2",
             "gap_to_best_average": rows[best]["average"] - m["average"]}
+
+
+def paired_average_gap(evals: str, a: str, b: str) -> dict | None:
+    """Held-out average of ``a`` minus ``b`` with its paired standard error: both models answered the same
+    problems and episodes, so the gap is (mean(math_a - math_b) + mean(reward_a - reward_b)) / 2 and its
+    variance (var(math diff) / n_math + var(reward diff) / n_episodes) / 4."""
+    loaded = []
+    for name in (a, b):
+        path = os.path.join(evals, f"{name}.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            loaded.append(json.load(f))
+    dm = np.asarray(loaded[0]["math_scores"], np.float64) - np.asarray(loaded[1]["math_scores"], np.float64)
+    da = np.asarray(loaded[0]["agent_rewards"], np.float64) - np.asarray(loaded[1]["agent_rewards"], np.float64)
+    gap = (dm.mean() + da.mean()) / 2
+    se = np.sqrt(dm.var(ddof=1) / len(dm) + da.var(ddof=1) / len(da)) / 2
+    return {"gap": float(gap), "se": float(se), "gap_in_se": float(gap / se) if se > 0 else None,
+            "math_gap": float(dm.mean()), "agent_gap": float(da.mean())}
 
 
 def fitness_agreement(rows: dict) -> dict:
@@ -453,6 +475,11 @@ def write_table(path: str, results: dict) -> None:
                   f"{100 * v['agent_kept']:.0f} % of the agent specialist's reward; highest average: "
                   f"{LABELS.get(v['best_average'], v['best_average'])} "
                   f"({'M2N2' if v['m2n2_highest_average'] else 'M2N2 %.3f below' % v['gap_to_best_average']})."]
+        g = v.get("gap_paired_se")
+        if g and g.get("gap_in_se") is not None:
+            lines[-1] += (f" Paired over the same held-out problems and episodes, that gap is {g['gap']:.3f} ± "
+                          f"{g['se']:.3f} (standard error; {g['gap_in_se']:.1f} standard errors; math "
+                          f"{g['math_gap']:+.3f}, agent reward {g['agent_gap']:+.3f}).")
     agree = results.get("fitness_agreement") or {}
     if agree.get("math") or agree.get("agent"):
         def fmt(c):

@@ -181,3 +181,24 @@ def test_fitness_agreement_matches_scipy_correlations():
     assert got["seeds_ordered_alike"]["math"] == want
     flat = {n: {**r, "fitness_agent": 0.5} for n, r in rows.items()}  # a constant column: no correlation, no crash
     assert smol_pipeline.fitness_agreement(flat)["agent"] is None
+
+
+def test_paired_average_gap_against_a_plain_loop(tmp_path):
+    from m2n2_jax.llm import smol_pipeline
+
+    rng = np.random.default_rng(1)
+    evals = {n: {"math_scores": rng.integers(0, 2, 20).astype(float).tolist(),
+                 "agent_rewards": rng.choice([0.0, 0.5, 0.75, 1.0], 10).tolist()} for n in ("a", "b")}
+    for n, e in evals.items():
+        with open(tmp_path / f"{n}.json", "w") as f:
+            json.dump(e, f)
+    got = smol_pipeline.paired_average_gap(str(tmp_path), "a", "b")
+    dm = [x - y for x, y in zip(evals["a"]["math_scores"], evals["b"]["math_scores"])]
+    da = [x - y for x, y in zip(evals["a"]["agent_rewards"], evals["b"]["agent_rewards"])]
+
+    def var(xs):
+        m = sum(xs) / len(xs)
+        return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    assert got["gap"] == pytest.approx((sum(dm) / 20 + sum(da) / 10) / 2)
+    assert got["se"] == pytest.approx((var(dm) / 20 + var(da) / 10) ** 0.5 / 2)
+    assert smol_pipeline.paired_average_gap(str(tmp_path), "a", "missing") is None
