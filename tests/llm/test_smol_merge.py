@@ -176,6 +176,12 @@ def test_fitness_agreement_matches_scipy_correlations():
         a, b = [rows[n][f] for n in names], [rows[n][h] for n in names]
         assert got[task]["pearson"] == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
         assert got[task]["spearman"] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    merges = names[3:]
+    for n in names:
+        rows[n]["kind"] = "seed" if n not in merges else "search"
+    only = smol_pipeline.fitness_agreement(rows)["merges_only"]
+    a, b = [rows[n]["fitness_agent"] for n in merges], [rows[n]["agent_reward"] for n in merges]
+    assert only["models"] == 5 and only["agent"]["spearman"] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
     m, ag = rows["math specialist"], rows["agent specialist"]
     want = (m["fitness_math"] > ag["fitness_math"]) == (m["math_accuracy"] > ag["math_accuracy"])
     assert got["seeds_ordered_alike"]["math"] == want
