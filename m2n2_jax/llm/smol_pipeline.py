@@ -423,12 +423,14 @@ def fitness_agreement(rows: dict) -> dict:
     if len(names) < 3:
         return out
 
+    from scipy.stats import rankdata  # tied scores (many here) take their average rank, as Spearman's rho needs
+
     def corr(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         if a.std() == 0 or b.std() == 0:
             return None
-        ranks = lambda x: np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
-        return {"pearson": float(np.corrcoef(a, b)[0, 1]), "spearman": float(np.corrcoef(ranks(a), ranks(b))[0, 1])}
+        return {"pearson": float(np.corrcoef(a, b)[0, 1]),
+                "spearman": float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])}
     pairs = {"math": ("fitness_math", "math_accuracy"), "agent": ("fitness_agent", "agent_reward"),
              "average": ("fitness_mean", "average")}
     merges = [n for n in names if rows[n].get("kind") != "seed"]

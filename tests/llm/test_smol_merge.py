@@ -166,6 +166,7 @@ def test_fitness_agreement_matches_scipy_correlations():
     names = ["base", "math specialist", "agent specialist"] + [f"m{i}" for i in range(5)]
     rows = {n: {"fitness_math": float(rng.random()), "math_accuracy": float(rng.random()),
                 "fitness_agent": float(rng.random()), "agent_reward": float(rng.random())} for n in names}
+    rows["m0"]["fitness_math"] = rows["m1"]["fitness_math"] = rows["base"]["fitness_math"]  # ties, as in real runs
     for r in rows.values():
         r["fitness_mean"] = (r["fitness_math"] + r["fitness_agent"]) / 2
         r["average"] = (r["math_accuracy"] + r["agent_reward"]) / 2
