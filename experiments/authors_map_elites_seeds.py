@@ -6,7 +6,7 @@ a stand-in for that tqdm which shifts the range so one call runs one chosen seed
 itself is unchanged; it ran as is with jax 0.10.2). Each seed's curve goes to
 OUT/map_elites_seed{S}_{N}.json as soon as it ends (test accuracy and best quality per child).
 
-  python experiments/authors_map_elites_seeds.py /path/to/natural_niches OUT 5000 100 101 ...
+  PYTHONPATH=/path/to/natural_niches python experiments/authors_map_elites_seeds.py /path/to/natural_niches OUT 5000 100 101 ...
 """
 import json
 import os
@@ -15,10 +15,12 @@ import time
 
 
 def main(repo: str, outdir: str, forward_passes: int, seeds: list[int]) -> None:
-    sys.path.insert(0, os.path.abspath(repo))
     os.chdir(repo)
     import jax
-    import map_elites_fn
+    try:
+        import map_elites_fn  # the authors' module, found through PYTHONPATH
+    except ImportError:
+        sys.exit(f"authors_map_elites_seeds: cannot import map_elites_fn; run with PYTHONPATH={repo}.")
 
     os.makedirs(outdir, exist_ok=True)
     for seed in seeds:

@@ -18,21 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run from a checkout without installing
-
 from m2n2_jax import RunOptions, evolve, method_config
-from m2n2_jax.engine import runner  # noqa: E402
+from m2n2_jax.engine import runner
 from m2n2_jax.engine.devices import default_eval_batch_size
-from m2n2_jax.methods.evosax_es import run_es  # noqa: E402
-from m2n2_jax.tasks import digits_task  # noqa: E402
+from m2n2_jax.methods.evosax_es import run_es
+from m2n2_jax.tasks import digits_task
 
 SIZES = {
     "full": {"hidden": 256, "runs": 10, "forward_passes": 50_000, "throughput_fp": 20_000,

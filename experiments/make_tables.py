@@ -24,11 +24,10 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # this checkout's m2n2_jax
-
 from m2n2_jax.io import compare
-from m2n2_jax.io import results  # noqa: E402
+from m2n2_jax.io import results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RESULTS = "docs/results"
 ANCHORS = "tests/data/reference_digits.json"

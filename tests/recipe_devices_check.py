@@ -5,19 +5,16 @@ simulated devices, in float32 and in bfloat16 scoring, and a direct check of
 the scorer on 4 devices against a per-child numpy loop; prints one JSON line.
 """
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from recipe_task import linear_task  # noqa: E402
-
-from m2n2_jax.algorithm import recipes  # noqa: E402
-from m2n2_jax.engine import recipe_runs, recipe_scoring  # noqa: E402
-from m2n2_jax.engine.chunk_loop import RunOptions  # noqa: E402
-from m2n2_jax.methods.registry import method_config  # noqa: E402
+from m2n2_jax.algorithm import recipes
+from m2n2_jax.engine import recipe_runs, recipe_scoring
+from m2n2_jax.engine.chunk_loop import RunOptions
+from m2n2_jax.methods.registry import method_config
+from recipe_task import linear_task  # tests/recipe_task.py: a script's own folder is on its path
 
 task, seeds = linear_task()
 config = method_config("m2n2", mutation_std=0.0, children_per_step=4)

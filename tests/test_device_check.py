@@ -10,7 +10,8 @@ def test_device_check_prints_one_table_at_toy_size(tmp_path):
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "device_check.py"), "--toy",
                            "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          env={**os.environ, "JAX_PLATFORMS": "cpu",  # this checkout's m2n2_jax, not an installed one
+                               "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = out.read_text()
     assert proc.stdout == table

@@ -352,14 +352,14 @@ def test_cpu_description_names_model_and_bf16_flags(tmp_path):
 
 
 def test_experiment_scripts_do_not_overwrite_results_by_default(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("diffusion_merge", os.path.join(ROOT, "experiments", "diffusion_merge.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from experiments.diffusion import merge as script
+
     (tmp_path / "results.json").write_text("{}")
     assert script.main(["--out", str(tmp_path)]) == 2          # refused before any training
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == "{}"
-    for path in ("experiments/diffusion_merge.py", "m2n2_jax/llm/pipeline.py", "experiments/reproduce_digits.sh",
+    for path in ("experiments/diffusion/merge.py", "experiments/tiny_llm/merge.py", "experiments/smollm2/merge.py",
+                 "experiments/smollm2/base_eval.py", "experiments/reproduce_digits.sh",
                  "experiments/reproduce_baselines.sh"):
         with open(os.path.join(ROOT, path)) as f:
             text = f.read()

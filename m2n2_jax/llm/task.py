@@ -7,7 +7,7 @@ answer token and the end-of-sequence token, else 0. ``test_data`` adds the
 held-out exact match as the headline metric.
 
 Tokenizers: the project's word tokenizer (``tokenizer.json`` of type
-``m2n2-word``, as ``experiments/llm_merge.py`` writes it), any Hugging Face
+``m2n2-word``, as ``python -m experiments.tiny_llm.merge`` writes it), any Hugging Face
 fast tokenizer (``tokenizer.json``, read with the ``tokenizers`` package:
 ``pip install -e '.[llm]'``) or the one in a GGUF file's metadata. With a Hugging
 Face tokenizer prompt and answer are tokenized together (:mod:`m2n2_jax.llm.text`),

@@ -46,7 +46,6 @@ class Method:
     recipes: bool = False                 # runs on recipe archives (m2n2 merge --archive recipes)
     models: int | None = None             # exact number of models it merges (None: two or more)
     fp_per_step: int | None = None        # budgets must be multiples of this (None: the batch)
-    pipeline_ablation: bool = False       # compared by the LLM and diffusion pipelines (the paper's LLM ablations)
     setup: dict = dataclasses.field(default_factory=dict)  # family-specific settings (evosax: its strategy)
 
     @property
@@ -55,9 +54,8 @@ class Method:
         return "pretrained" in self.inits
 
 
-def _engine(name: str, overrides: dict, about: str, llm: bool = False) -> Method:
-    return Method(name, "engine", about, overrides, options=ENGINE_OPTIONS, key_orders=KEY_ORDERS, recipes=True,
-                  pipeline_ablation=llm)
+def _engine(name: str, overrides: dict, about: str) -> Method:
+    return Method(name, "engine", about, overrides, options=ENGINE_OPTIONS, key_orders=KEY_ORDERS, recipes=True)
 
 
 EVOSAX_POPULATION = 20  # the paper's CMA-ES population: 20 forward passes per generation
@@ -69,12 +67,11 @@ def _evosax(name: str, strategy: str, about: str, **setup) -> Method:
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
-    _engine("m2n2", {}, "M2N2: competition, attraction, SLERP crossover at a split point", llm=True),
+    _engine("m2n2", {}, "M2N2: competition, attraction, SLERP crossover at a split point"),
     _engine("m2n2-no-crossover", {"use_crossover": False}, "M2N2 without crossover (mutation only)"),
-    _engine("m2n2-no-split-point", {"use_split_point": False}, "M2N2, one mixing ratio for all coordinates",
-            llm=True),
-    _engine("m2n2-no-attraction", {"use_attraction": False}, "M2N2, both parents drawn by fitness", llm=True),
-    _engine("ga", {"alpha": 0.0, "use_attraction": False}, "GA: no competition, no attraction", llm=True),
+    _engine("m2n2-no-split-point", {"use_split_point": False}, "M2N2, one mixing ratio for all coordinates"),
+    _engine("m2n2-no-attraction", {"use_attraction": False}, "M2N2, both parents drawn by fitness"),
+    _engine("ga", {"alpha": 0.0, "use_attraction": False}, "GA: no competition, no attraction"),
     _engine("ga-no-crossover", {"alpha": 0.0, "use_attraction": False, "use_crossover": False},
             "GA without crossover"),
     _evosax("cma-es", "CMA_ES", "full-covariance CMA-ES (evosax CMA_ES, lazy eigendecomposition), sigma 0.01 as "

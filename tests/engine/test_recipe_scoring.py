@@ -1,5 +1,4 @@
 """Recipe children scored on several devices (children sharded, seeds replicated), float32 and bfloat16."""
-from conftest import TESTS_DIR as HERE
 import json
 import os
 import subprocess
@@ -10,13 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, HERE)
-from recipe_task import linear_task  # noqa: E402
-
-from m2n2_jax.algorithm import recipes  # noqa: E402
-from m2n2_jax.engine import recipe_runs, recipe_scoring  # noqa: E402
-from m2n2_jax.errors import ConfigError  # noqa: E402
-from m2n2_jax.methods.registry import method_config  # noqa: E402
+from conftest import TESTS_DIR as HERE
+from m2n2_jax.algorithm import recipes
+from m2n2_jax.engine import recipe_runs, recipe_scoring
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.methods.registry import method_config
+from recipe_task import linear_task  # tests/recipe_task.py (tests/ is on pytest's pythonpath)
 
 
 def random_children(bank, counts, seed=0):

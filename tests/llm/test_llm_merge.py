@@ -10,7 +10,8 @@ import pytest
 from m2n2_jax import cli
 from m2n2_jax.io import model_files
 from m2n2_jax.errors import DataError
-from m2n2_jax.llm import checkpoint, data, model, train
+from experiments.tiny_llm import train
+from m2n2_jax.llm import checkpoint, data, model
 from m2n2_jax.llm.config import LlamaConfig
 from m2n2_jax.llm.task import exact_match_task
 from m2n2_jax.llm.tokenizer import WordTokenizer

@@ -72,7 +72,7 @@ def tokenize(text: str) -> np.ndarray:
     unknown = [t for t in tokens if t not in TOKEN_ID]
     if unknown:
         raise PromptError(f"prompt {text!r} has words outside the vocabulary: {unknown}; "
-                          "add them to a Language in m2n2_jax/diffusion/prompts.py.")
+                          "add them to a Language in experiments/diffusion/prompts.py.")
     ids = np.zeros((MAX_TOKENS,), np.int32)
     ids[:len(tokens)] = [TOKEN_ID[t] for t in tokens]
     return ids

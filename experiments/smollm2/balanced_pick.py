@@ -6,7 +6,7 @@ search from the run's memo (deterministic, so the same children; every score is 
 re-scored), picks the child with the best (math share + agent share) / 2 and evaluates it on the held-out
 sets like every row (cached in ``RUN/evals``). Writes ``RUN/diagnostics/balanced_pick.json``.
 
-    python experiments/smollm2_balanced_pick.py --run runs/smollm2-merge --methods m2n2
+    python -m experiments.smollm2.balanced_pick --run runs/smollm2-merge --methods m2n2
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import numpy as np
 
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.algorithm.flatten import VectorLayout
-from m2n2_jax.llm import smol_pipeline, smol_search, smol_specialists
+from experiments.smollm2 import pipeline, search, specialists
 
 
-class RecordingScorer(smol_search.Scorer):
+class RecordingScorer(search.Scorer):
     """A scorer that keeps every (recipe, scores) it returns and refuses to score anything new."""
 
     def __init__(self, *args, **kwargs):
@@ -41,33 +41,33 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="m2n2")
     args = parser.parse_args(argv)
     with open(os.path.join(args.run, "run.json")) as f:
-        s = smol_pipeline.Settings(**json.load(f)["settings"])
-    config, base, tokenizer = smol_specialists.load_base()
-    specs = smol_specialists.make_specialists(config, base, tokenizer, seed=s.seed)
+        s = pipeline.Settings(**json.load(f)["settings"])
+    config, base, tokenizer = specialists.load_base()
+    specs = specialists.make_specialists(config, base, tokenizer, seed=s.seed)
     layout = VectorLayout.of(base)
-    seeds = np.stack([np.asarray(layout.ravel(specs[t][0])) for t in smol_specialists.TASKS])
+    seeds = np.stack([np.asarray(layout.ravel(specs[t][0])) for t in specialists.TASKS])
     bank = recipes.SeedBank.build(seeds)
 
     def no_new_scores(params):
         raise RuntimeError("a child is missing from the run's memo: replay with the run's own settings")
 
-    memo = smol_search.Memo(os.path.join(args.run, "memo", "seeds.json"))
-    seed_scores = np.stack([smol_search.Scorer(bank, layout, no_new_scores, memo).score_vector(v) for v in seeds])
+    memo = search.Memo(os.path.join(args.run, "memo", "seeds.json"))
+    seed_scores = np.stack([search.Scorer(bank, layout, no_new_scores, memo).score_vector(v) for v in seeds])
     num_math = s.math_fitness
     out = {}
     for method in args.methods.split(","):
         scorer = RecordingScorer(bank, layout, no_new_scores,
-                                 smol_search.Memo(os.path.join(args.run, "memo", f"{method}.json")))
-        recipe, scores, _, _ = smol_search.run_m2n2(method, scorer, seed_scores, s.budget, s.warmup,
+                                 search.Memo(os.path.join(args.run, "memo", f"{method}.json")))
+        recipe, scores, _, _ = search.run_m2n2(method, scorer, seed_scores, s.budget, s.warmup,
                                                     s.archive_size, s.seed)
         balanced = [(float(np.mean(sc[:num_math])) + float(np.mean(sc[num_math:]))) / 2 for _, sc in scorer.seen]
         pick = int(np.argmax(balanced))
         child, child_scores = scorer.seen[pick]
         vector = bank.materialise(child)
         name = f"{method}-balanced-pick"
-        smol_specialists.log(f"{name}: child {pick + 1} of {len(scorer.seen)}, held-out evaluation")
-        ev = smol_pipeline.held_out(name, config, layout.unravel(vector), tokenizer, s, args.run,
-                                    smol_pipeline.vector_key(vector))
+        specialists.log(f"{name}: child {pick + 1} of {len(scorer.seen)}, held-out evaluation")
+        ev = pipeline.held_out(name, config, layout.unravel(vector), tokenizer, s, args.run,
+                                    pipeline.vector_key(vector))
         out[method] = {
             "search_pick": {"fitness_math": float(np.mean(scores[:num_math])),
                             "fitness_agent": float(np.mean(scores[num_math:]))},
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                               "math_accuracy": ev["math_accuracy"], "agent_reward": ev["agent_reward"],
                               "agent_success": ev["agent_success"],
                               "average": (ev["math_accuracy"] + ev["agent_reward"]) / 2}}
-        smol_specialists.log(f"{name}: {out[method]['balanced_pick']}")
+        specialists.log(f"{name}: {out[method]['balanced_pick']}")
     os.makedirs(os.path.join(args.run, "diagnostics"), exist_ok=True)
     with open(os.path.join(args.run, "diagnostics", "balanced_pick.json"), "w") as f:
         json.dump(out, f, indent=1)

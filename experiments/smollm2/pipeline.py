@@ -1,6 +1,6 @@
 """One command for the SmolLM2 merging experiment: import, fine-tune, evaluate, merge, report.
 
-    python experiments/smollm2_merge.py --out runs/smollm2-merge
+    python -m experiments.smollm2.merge --out runs/smollm2-merge
 
 1. the base SmolLM2-135M-Instruct from its GGUF file;
 2. the math and agent specialists (full fine-tunes, cached under runs/cache/smollm2);
@@ -25,7 +25,6 @@ their scores there).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -40,16 +39,18 @@ import numpy as np
 
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.algorithm.flatten import VectorLayout
-from m2n2_jax.errors import ConfigError, M2N2Error
+from m2n2_jax.errors import ConfigError
 from m2n2_jax.io.results import environment
-from m2n2_jax.llm import checkpoint, evaluate, shop, smol_search, smol_specialists
-from m2n2_jax.llm.smol_specialists import GGUF, log
+from experiments.methods import PAPER_ABLATIONS
+from experiments.smollm2 import evaluate, search, shop, specialists
+from experiments.smollm2.specialists import GGUF, log
+from m2n2_jax.llm import checkpoint
 from m2n2_jax.methods import classic_merges, layer_cma
 from m2n2_jax.methods.registry import get, names
 
 # The M2N2 family comes from the method registry; the 4 x 4 MAP-Elites over (math, agent) fitness and the
 # per-layer SLERP CMA-ES are this pipeline's own searches (the registry's map-elites is the digits grid).
-SEARCHES = names(lambda m: m.pipeline_ablation) + ("map-elites-4x4", "cma-es-layers")
+SEARCHES = PAPER_ABLATIONS + ("map-elites-4x4", "cma-es-layers")
 CLASSIC = ("linear", "slerp", "task-arithmetic", "ties", "dare-linear", "dare-ties", "model-stock")
 PAPER_BUDGET = 1000
 
@@ -199,7 +200,7 @@ def run_search(name: str, scorer, seed_scores, num_math: int, s: Settings, llama
     """(flat merged vector, its fitness scores, curve, info) of one search method."""
     bank = scorer.bank
     if name == "map-elites-4x4":
-        recipe, scores, curve, info = smol_search.run_map_elites(scorer, seed_scores, num_math, s.budget, s.warmup,
+        recipe, scores, curve, info = search.run_map_elites(scorer, seed_scores, num_math, s.budget, s.warmup,
                                                                  s.seed)
     elif name == "cma-es-layers":
         groups = layer_cma.layer_groups(llama_config, scorer.layout)
@@ -214,7 +215,7 @@ def run_search(name: str, scorer, seed_scores, num_math: int, s: Settings, llama
             "population": s.cma_population, "groups": int(np.asarray(groups).max()) + 1,
             "best_coefficients": [round(float(c), 4) for c in np.ravel(result.coefficients)]}
     else:
-        recipe, scores, curve, info = smol_search.run_m2n2(name, scorer, seed_scores, s.budget, s.warmup,
+        recipe, scores, curve, info = search.run_m2n2(name, scorer, seed_scores, s.budget, s.warmup,
                                                            s.archive_size, s.seed)
     info["recipe"] = {"bounds": recipe.bounds.tolist(), "coeffs": recipe.coeffs.tolist()}
     return bank.materialise(recipe), scores, curve, info
@@ -237,7 +238,7 @@ def seven_b_arithmetic(params_135m: int, seconds_per_child_135m: float | None, f
 # ---------------------------------------------------------------- the pipeline
 
 
-def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.CACHE, methods=None,
+def run(s: Settings, out: str, gguf: str = GGUF, cache: str = specialists.CACHE, methods=None,
         command: str = "", progress: bool = True, seed_rows: bool = True) -> dict:
     t_start = time.time()
     methods = list(methods or (SEARCHES + CLASSIC))
@@ -246,11 +247,11 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(SEARCHES + CLASSIC)}.")
     os.makedirs(os.path.join(out, "rows"), exist_ok=True)
     log(f"loading {gguf}")
-    config, base, tokenizer = smol_specialists.load_base(gguf)
-    specs = smol_specialists.make_specialists(config, base, tokenizer, gguf, cache, seed=s.seed)
+    config, base, tokenizer = specialists.load_base(gguf)
+    specs = specialists.make_specialists(config, base, tokenizer, gguf, cache, seed=s.seed)
     layout = VectorLayout.of(base)
     base_vec = np.asarray(layout.ravel(base))
-    seed_vecs = np.stack([np.asarray(layout.ravel(specs[t][0])) for t in smol_specialists.TASKS])
+    seed_vecs = np.stack([np.asarray(layout.ravel(specs[t][0])) for t in specialists.TASKS])
     bank = recipes.SeedBank.build(seed_vecs)
     score_params, num_math, fitness_info = fitness_scorer(config, tokenizer, s)
     log(f"fitness: {fitness_info}")
@@ -282,7 +283,7 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
             return True
         return False
 
-    seed_scorer = smol_search.Scorer(bank, layout, score_params, smol_search.Memo(os.path.join(out, "memo", "seeds.json")))
+    seed_scorer = search.Scorer(bank, layout, score_params, search.Memo(os.path.join(out, "memo", "seeds.json")))
     seed_scores = []
     for name, vector in (("base", base_vec), ("math specialist", seed_vecs[0]), ("agent specialist", seed_vecs[1])):
         start = time.perf_counter()
@@ -320,8 +321,8 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
             if progress:
                 from tqdm import tqdm
                 bar = tqdm(total=s.budget, desc=name, unit="child", file=sys.stdout, mininterval=5)
-            scorer = smol_search.Scorer(bank, layout, score_params,
-                                        smol_search.Memo(os.path.join(out, "memo", f"{name}.json")), bar)
+            scorer = search.Scorer(bank, layout, score_params,
+                                        search.Memo(os.path.join(out, "memo", f"{name}.json")), bar)
             log(f"{name}: {s.budget} fitness evaluations")
             vector, scores, curve, info = run_search(name, scorer, seed_scores, num_math, s, config, base)
             if bar is not None:
@@ -447,7 +448,7 @@ def fitness_agreement(rows: dict) -> dict:
     return out
 
 
-LABELS = {**{n: get(n).about.split(":")[0] for n in names(lambda m: m.pipeline_ablation)},
+LABELS = {**{n: get(n).about.split(":")[0] for n in PAPER_ABLATIONS},
           "map-elites-4x4": "MAP-Elites 4 x 4", "cma-es-layers": "CMA-ES, per-layer SLERP",
           "linear": "linear (mergekit semantics)", "slerp": "SLERP t=0.5 (mergekit semantics)",
           "task-arithmetic": "task arithmetic (mergekit semantics)", "ties": "TIES (mergekit semantics)",
@@ -541,43 +542,3 @@ def plot(path: str, rows: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="SmolLM2 specialists merged by M2N2 and baselines, one command.")
-    parser.add_argument("--out", default="runs/smollm2-merge", help="output directory (default runs/smollm2-merge)")
-    parser.add_argument("--gguf", default=GGUF, help="SmolLM2-135M-Instruct GGUF file")
-    parser.add_argument("--cache", default=smol_specialists.CACHE, help="where the fine-tuned specialists are cached")
-    parser.add_argument("--budget", type=int, default=Settings.budget, help="fitness evaluations per search method")
-    parser.add_argument("--paper-budget", action="store_true",
-                        help=f"{PAPER_BUDGET} fitness evaluations, warm-up 50, CMA-ES population 25 (for a GPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="random seed merges first (default budget // 4, <= 50)")
-    parser.add_argument("--math-fitness", type=int, default=Settings.math_fitness)
-    parser.add_argument("--agent-fitness", type=int, default=Settings.agent_fitness)
-    parser.add_argument("--math-test", type=int, default=Settings.math_test)
-    parser.add_argument("--agent-test", type=int, default=Settings.agent_test)
-    parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-seed-rows", action="store_true",
-                        help="skip the held-out rows of base and seeds (a second process running other --methods "
-                             "into the same --out)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="write table.md, results.json and merge.png from the rows finished so far in --out")
-    args = parser.parse_args(argv)
-    budget = PAPER_BUDGET if args.paper_budget else args.budget
-    warmup = args.warmup if args.warmup is not None else min(50, budget // 4)
-    try:
-        s = Settings(budget=budget, warmup=warmup, math_fitness=args.math_fitness, agent_fitness=args.agent_fitness,
-                     math_test=args.math_test, agent_test=args.agent_test, seed=args.seed,
-                     cma_population=25 if args.paper_budget else Settings.cma_population)
-        command = " ".join(["python experiments/smollm2_merge.py"] + list(sys.argv[1:] if argv is None else argv))
-        if args.report_only:
-            report(args.out)
-            return 0
-        run(s, args.out, args.gguf, args.cache, args.methods.split(",") if args.methods else None, command,
-            not args.quiet, not args.no_seed_rows)
-    except M2N2Error as error:
-        print(f"error: {error}")
-        return 2
-    return 0

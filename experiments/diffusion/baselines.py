@@ -108,7 +108,7 @@ def cma_es_layers(seeds, ids, num_layers: int, features_fn, ref_features, budget
     """
     from evosax.algorithms import CMA_ES
 
-    from m2n2_jax.diffusion.classifier import frechet_distance
+    from experiments.diffusion.classifier import frechet_distance
 
     seeds = jnp.asarray(seeds)
     shape = (num_layers, seeds.shape[0])

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.llm import shop
+from experiments.smollm2 import shop
 
 SIZES = dict(train=120, fitness=30, test=40)
 

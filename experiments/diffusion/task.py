@@ -19,9 +19,9 @@ import numpy as np
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.tasks.base import Task
-from m2n2_jax.diffusion import classifier as clf
-from m2n2_jax.diffusion import prompts as pr
-from m2n2_jax.diffusion.model import ModelConfig, fixed_noise, sample, to_raw
+from experiments.diffusion import classifier as clf
+from experiments.diffusion import prompts as pr
+from experiments.diffusion.model import ModelConfig, fixed_noise, sample, to_raw
 
 
 @flax.struct.dataclass

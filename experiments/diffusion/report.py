@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2n2_jax.diffusion import prompts as pr
-from m2n2_jax.diffusion.model import ModelConfig, fixed_noise, sample, to_raw
+from experiments.diffusion import prompts as pr
+from experiments.diffusion.model import ModelConfig, fixed_noise, sample, to_raw
 
 GRID_TEMPLATE = 1  # "suuji no {}" / "digit {}": one prompt per class and language
 COLUMNS = [("accuracy_japanese", 3), ("similarity_japanese", 3), ("accuracy_english", 3), ("similarity_english", 3),

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from m2n2_jax import M2N2, method_config
-from m2n2_jax.diffusion import classifier as clf
-from m2n2_jax.diffusion import merge, model, pipeline, prompts, task, train
+from experiments.diffusion import classifier as clf
+from experiments.diffusion import baselines, model, pipeline, prompts, task, train
 from m2n2_jax.errors import ConfigError, M2N2Error
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.algorithm.groups import GroupSpec
@@ -135,10 +135,10 @@ def test_the_merged_model_is_a_merge_of_its_seeds_with_the_encoder_untouched(jud
     children = np.asarray(archives.params)[np.asarray(archives.filled)]
     assert len(children) > 8                                       # children entered the archives
     for member in children:
-        fit = merge.piecewise_fit(member, np.asarray(seeds), rtol=1e-5)
+        fit = baselines.piecewise_fit(member, np.asarray(seeds), rtol=1e-5)
         assert fit.max_residual <= 1e-5 and fit.num_segments <= 1 + 2 * 24 * groups.num_groups
     noisy = vectors[0] + 1e-2 * np.random.default_rng(0).normal(size=vectors[0].shape)
-    assert merge.piecewise_fit(noisy, np.asarray(seeds), rtol=1e-5).num_segments > 100
+    assert baselines.piecewise_fit(noisy, np.asarray(seeds), rtol=1e-5).num_segments > 100
     full = task.full_params(layout, ja_encoder, jnp.asarray(vectors[0]))
     assert all(jax.tree.leaves(jax.tree.map(lambda u, v: bool(np.array_equal(u, v)), full["encoder"], ja_encoder)))
     np.testing.assert_array_equal(np.asarray(layout.ravel(full["denoiser"])), vectors[0])
@@ -148,9 +148,9 @@ def test_piecewise_fit_recovers_known_segments():
     rng = np.random.default_rng(0)
     seeds = rng.normal(size=(3, 300))
     v = np.concatenate([[0.2, 0.8, 0.0] @ seeds[:, :120], [0.5, 0.1, 0.4] @ seeds[:, 120:]])
-    fit = merge.piecewise_fit(v, seeds)
+    fit = baselines.piecewise_fit(v, seeds)
     assert fit.num_segments == 2 and list(fit.starts) == [0, 120]
-    assert merge.piecewise_fit(rng.normal(size=300), seeds).num_segments > 40
+    assert baselines.piecewise_fit(rng.normal(size=300), seeds).num_segments > 40
 
 
 def test_m2n2_merges_without_mutation_are_piecewise_combinations_of_the_seeds():
@@ -174,26 +174,26 @@ def test_m2n2_merges_without_mutation_are_piecewise_combinations_of_the_seeds():
     state, _ = jax.lax.scan(step, state, jax.random.split(jax.random.PRNGKey(0), 6))
     assert int(state.inserted) > 3
     for member in np.asarray(state.params):
-        fit = merge.piecewise_fit(member, np.asarray(seeds), rtol=1e-5)
+        fit = baselines.piecewise_fit(member, np.asarray(seeds), rtol=1e-5)
         assert fit.num_segments <= 1 + int(state.evaluated)
         assert fit.max_residual <= 1e-5
     noisy = np.asarray(state.params[0]) + 1e-2 * rng.normal(size=500)
-    assert merge.piecewise_fit(noisy, np.asarray(seeds), rtol=1e-5).num_segments > 100
+    assert baselines.piecewise_fit(noisy, np.asarray(seeds), rtol=1e-5).num_segments > 100
 
 
 def test_slerp_sweep_and_average():
     x, y = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
-    ratio, values = merge.slerp_sweep(lambda v: -jnp.abs(v[0] - v[1]), x, y, np.linspace(0, 1, 5))
+    ratio, values = baselines.slerp_sweep(lambda v: -jnp.abs(v[0] - v[1]), x, y, np.linspace(0, 1, 5))
     assert ratio == 0.5 and values.shape == (5,)
-    np.testing.assert_allclose(np.asarray(merge.linear_average(jnp.stack([x, y]))), [0.5, 0.5])
+    np.testing.assert_allclose(np.asarray(baselines.linear_average(jnp.stack([x, y]))), [0.5, 0.5])
 def test_layer_merge_is_a_convex_combination_per_layer():
     base = model.init_params(TINY, jax.random.PRNGKey(0))["denoiser"]
     layout = VectorLayout.of(base)
-    ids, names = merge.layer_ids(layout, base)
+    ids, names = baselines.layer_ids(layout, base)
     assert "cross_attn0" in names and "out" in names and ids.max() == len(names) - 1
     seeds = jax.random.normal(jax.random.PRNGKey(1), (3, layout.size))
     logits = jax.random.normal(jax.random.PRNGKey(2), (len(names), 3))
-    got = np.asarray(merge.layer_merge(seeds, ids, logits))
+    got = np.asarray(baselines.layer_merge(seeds, ids, logits))
     w = np.exp(np.asarray(logits, np.float64))
     w /= w.sum(1, keepdims=True)
     want = np.einsum("dk,kd->d", w[ids], np.asarray(seeds, np.float64))

@@ -1,6 +1,6 @@
 """Prompts, training pairs, held-out evaluation and cheap fitness scores for the two LLM tasks.
 
-Tasks: ``"math"`` (:mod:`m2n2_jax.llm.math_task`) and ``"agent"`` (:mod:`m2n2_jax.llm.shop`).
+Tasks: ``"math"`` (:mod:`experiments.smollm2.word_problems`) and ``"agent"`` (:mod:`experiments.smollm2.shop`).
 
 Prompt format: the model is an instruct model (SmolLM2-135M-Instruct), so every
 prompt is its chat template (ChatML, as the GGUF metadata's template renders it)
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.llm import generate, math_task, shop
+from experiments.smollm2 import shop, word_problems
+from m2n2_jax.llm import generate
 from m2n2_jax.llm.data import Batch, encode
 
 TASKS = ("math", "agent")
@@ -60,7 +61,7 @@ def format_prompt(task: str, text: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _math_splits(seed: int) -> dict:
-    return math_task.make_splits(seed)
+    return word_problems.make_splits(seed)
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,8 +72,8 @@ def _shop(seed: int) -> tuple:
 
 def math_problems(split: str, seed: int = 0, limit: int | None = None) -> list:
     """The math problems of a split (default sizes)."""
-    if split not in math_task.SPLITS:
-        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(math_task.SPLITS)}.")
+    if split not in word_problems.SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(word_problems.SPLITS)}.")
     out = _math_splits(seed)[split]
     return list(out if limit is None else out[:limit])
 
@@ -137,7 +138,7 @@ def evaluate_math(config, params, tokenizer, problems, batch_size: int = 32,
     """Held-out math: accuracy of the answers extracted from greedy replies, per-problem scores, texts."""
     texts = generate_texts(config, params, tokenizer, [format_prompt("math", p.prompt) for p in problems],
                            max_new_tokens, STOP["math"], batch_size)
-    scores = math_task.math_scores(problems, texts)
+    scores = word_problems.math_scores(problems, texts)
     return {"accuracy": float(scores.mean()) if len(scores) else 0.0, "scores": scores.tolist(), "texts": texts}
 
 
@@ -222,7 +223,7 @@ def fitness_batch(tokenizer, task: str, split: str = "fitness", seed: int = 0, l
         raise ConfigError("mode 'answer' needs the math task (agent actions have no final-answer phrase).")
     pairs = fitness_pairs(task, split, seed, limit)
     if mode == "answer":
-        cut = [t.rindex(math_task.ANSWER_PHRASE) + len(math_task.ANSWER_PHRASE) for _, t in pairs]
+        cut = [t.rindex(word_problems.ANSWER_PHRASE) + len(word_problems.ANSWER_PHRASE) for _, t in pairs]
         pairs = [(p + t[:c], t[c:]) for (p, t), c in zip(pairs, cut)]
     return encode(tokenizer, pairs, length)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.llm import math_task
+from experiments.smollm2 import word_problems
 
 SIZES = dict(train=300, fitness=40, test=60)
 
@@ -26,30 +26,30 @@ def check_solution(target: str) -> int:
 
 
 def test_splits_are_deterministic_disjoint_and_sized():
-    a = math_task.make_splits(3, **SIZES)
-    assert a == math_task.make_splits(3, **SIZES)
-    assert a != math_task.make_splits(4, **SIZES)
+    a = word_problems.make_splits(3, **SIZES)
+    assert a == word_problems.make_splits(3, **SIZES)
+    assert a != word_problems.make_splits(4, **SIZES)
     assert {k: len(v) for k, v in a.items()} == SIZES
     texts = {k: {p.prompt for p in v} for k, v in a.items()}
     assert all(len(texts[k]) == SIZES[k] for k in texts)  # distinct within a split
     assert not texts["train"] & texts["test"] and not texts["train"] & texts["fitness"] \
         and not texts["fitness"] & texts["test"]
     # test does not move when the other splits grow
-    assert math_task.make_splits(3, train=10, fitness=5, test=60)["test"] == a["test"]
+    assert word_problems.make_splits(3, train=10, fitness=5, test=60)["test"] == a["test"]
 
 
 def test_default_sizes_and_problems():
-    splits = math_task.make_splits()
+    splits = word_problems.make_splits()
     assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "fitness": 100, "test": 200}
-    assert math_task.problems("test", limit=7) == splits["test"][:7]
+    assert word_problems.problems("test", limit=7) == splits["test"][:7]
     with pytest.raises(ConfigError, match="unknown split"):
-        math_task.problems("dev")
+        word_problems.problems("dev")
     with pytest.raises(ConfigError, match="non-negative"):
-        math_task.make_splits(train=-1)
+        word_problems.make_splits(train=-1)
 
 
 def test_worked_solutions_are_right_and_varied():
-    problems = math_task.make_splits(0, **SIZES)["train"]
+    problems = word_problems.make_splits(0, **SIZES)["train"]
     counts = {2: 0, 3: 0, 4: 0}
     for p in problems:
         assert check_solution(p.target) == p.answer >= 0
@@ -77,16 +77,16 @@ def test_worked_solutions_are_right_and_varied():
     ("The answer is forty, or 40", 40),  # phrase without a number: fall back to the last number
 ])
 def test_extract_answer(text, want):
-    assert math_task.extract_answer(text) == want
+    assert word_problems.extract_answer(text) == want
 
 
 def test_accuracy_is_the_mean_of_a_plain_loop():
-    problems = math_task.make_splits(1, train=0, fitness=0, test=20)["test"]
+    problems = word_problems.make_splits(1, train=0, fitness=0, test=20)["test"]
     rng = np.random.default_rng(0)
     texts = [p.target if rng.random() < 0.5 else f"The answer is {p.answer + 1}." for p in problems]
-    want = sum(math_task.extract_answer(t) == p.answer for p, t in zip(problems, texts)) / len(problems)
+    want = sum(word_problems.extract_answer(t) == p.answer for p, t in zip(problems, texts)) / len(problems)
     assert 0 < want < 1
-    assert math_task.math_accuracy(problems, texts) == pytest.approx(want)
-    assert math_task.math_accuracy(problems, [p.target for p in problems]) == 1.0
+    assert word_problems.math_accuracy(problems, texts) == pytest.approx(want)
+    assert word_problems.math_accuracy(problems, [p.target for p in problems]) == 1.0
     with pytest.raises(ConfigError, match="one text per problem"):
-        math_task.math_accuracy(problems, texts[:-1])
+        word_problems.math_accuracy(problems, texts[:-1])

@@ -1,7 +1,7 @@
 """Merge text-to-image digit denoisers across prompt languages with M2N2, as the paper's section 4.3.
 
-    python experiments/diffusion_merge.py                    # writes runs/diffusion-merge
-    python experiments/diffusion_merge.py --out docs/results/diffusion-merge --overwrite   # regenerate the committed report
+    python -m experiments.diffusion.merge                    # writes runs/diffusion-merge
+    python -m experiments.diffusion.merge --out docs/results/diffusion-merge --overwrite   # regenerate the committed report
 
 Trains (or loads from --cache) a judge, a bilingual base generator, a
 Japanese seed (encoder and denoiser) and three English seeds (denoiser
@@ -20,7 +20,7 @@ import time
 
 import jax
 
-from m2n2_jax.diffusion import pipeline, report
+from experiments.diffusion import pipeline, report
 from m2n2_jax.errors import ConfigError, M2N2Error
 from m2n2_jax.io.results import environment, write_json
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
                         help="only the group-swap diagnostic (one group from the Japanese seed, the other from an "
                              "English one): writes diagnostics.json to --out")
     args = parser.parse_args(argv)
-    command = "python experiments/diffusion_merge.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m experiments.diffusion.merge " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         cfg = dataclasses.replace(defaults, runs=args.runs, forward_passes=args.forward_passes,
                                   cma_runs=args.cma_runs, seed=args.seed,

@@ -16,7 +16,7 @@ import pytest
 
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.algorithm.flatten import VectorLayout
-from m2n2_jax.llm import smol_search
+from experiments.smollm2 import search
 
 D, NUM_MATH, NUM_AGENT = 64, 4, 3
 
@@ -30,7 +30,7 @@ def toy(memo_path=None):
         proj = np.asarray(directions @ np.asarray(x))
         return np.concatenate([(proj[:NUM_MATH] > 0).astype(np.float32), 1 / (1 + np.exp(-proj[NUM_MATH:]))])
     bank = recipes.SeedBank.build(seeds, block=16)
-    scorer = smol_search.Scorer(bank, VectorLayout.of(jnp.zeros(D)), score_params, smol_search.Memo(memo_path))
+    scorer = search.Scorer(bank, VectorLayout.of(jnp.zeros(D)), score_params, search.Memo(memo_path))
     seed_scores = np.stack([score_params(s) for s in seeds])
     return scorer, seed_scores
 
@@ -41,8 +41,8 @@ def test_search_uses_its_budget_and_resumes_from_the_memo(tmp_path, method):
 
     def run(scorer, seed_scores):
         if method == "map-elites-4x4":
-            return smol_search.run_map_elites(scorer, seed_scores, NUM_MATH, 12, 3, 0)
-        return smol_search.run_m2n2(method, scorer, seed_scores, 12, 3, 15, 0)
+            return search.run_map_elites(scorer, seed_scores, NUM_MATH, 12, 3, 0)
+        return search.run_m2n2(method, scorer, seed_scores, 12, 3, 15, 0)
 
     scorer, seed_scores = toy(memo)
     recipe, scores, curve, info = run(scorer, seed_scores)
@@ -60,16 +60,16 @@ def test_search_uses_its_budget_and_resumes_from_the_memo(tmp_path, method):
 
 def test_map_elites_cells_follow_the_two_task_scores():
     scores = np.array([1, 1, 0, 0, 0.9, 0.95, 1.0])  # math 0.5 -> bin 2; agent mean 0.95 -> bin 3
-    assert smol_search.cell_of(scores, NUM_MATH) == (2, 3)
-    assert smol_search.cell_of(np.ones(7), NUM_MATH) == (3, 3)  # 1.0 stays on the grid
-    assert smol_search.cell_of(np.zeros(7), NUM_MATH) == (0, 0)
+    assert search.cell_of(scores, NUM_MATH) == (2, 3)
+    assert search.cell_of(np.ones(7), NUM_MATH) == (3, 3)  # 1.0 stays on the grid
+    assert search.cell_of(np.zeros(7), NUM_MATH) == (0, 0)
 
 
 def test_warmup_children_are_slerps_of_the_two_seeds():
     scorer, _ = toy()
     from m2n2_jax.methods.registry import method_config
 
-    child = smol_search.warmup_child(method_config("m2n2", mutation_std=0.0), jax.random.PRNGKey(1), scorer.bank)
+    child = search.warmup_child(method_config("m2n2", mutation_std=0.0), jax.random.PRNGKey(1), scorer.bank)
     assert child.coeffs.shape == (2, 2) and 0 < child.bounds[1] < D  # two segments around a split point
     assert np.all(child.coeffs > 0)  # each segment mixes both seeds
 
@@ -80,7 +80,7 @@ def transformers_math(directory, problems, max_new_tokens):
     """Greedy replies of transformers to the chat prompts, answers extracted as the pipeline does."""
     import torch
     import transformers
-    from m2n2_jax.llm import evaluate, math_task
+    from experiments.smollm2 import evaluate, word_problems
 
     m = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(directory, "tokenizer.json"))
@@ -92,7 +92,7 @@ def transformers_math(directory, problems, max_new_tokens):
             new = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=end, pad_token_id=end)[0, ids.shape[1]:].tolist()
         texts.append(tok.decode([t for t in new if t != end]))
-    return texts, math_task.math_scores(problems, texts)
+    return texts, word_problems.math_scores(problems, texts)
 
 
 def _pipeline_run():
@@ -104,7 +104,8 @@ def _pipeline_run():
 def test_merged_directory_gives_the_measured_math_accuracy_in_transformers(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from m2n2_jax.llm import checkpoint, evaluate, model
+    from experiments.smollm2 import evaluate
+    from m2n2_jax.llm import checkpoint, model
     from m2n2_jax.llm.config import LlamaConfig
 
     problems = evaluate.math_problems("test", 0, limit=6)
@@ -145,14 +146,14 @@ def test_merged_directory_gives_the_measured_math_accuracy_in_transformers(tmp_p
 
 def test_pipeline_ties_tensor_by_tensor_equals_the_library_on_the_whole_vector():
     """The pipeline runs TIES one tensor at a time (memory); per-tensor semantics make that the same merge."""
-    from m2n2_jax.llm import smol_pipeline
+    from experiments.smollm2 import pipeline
     from m2n2_jax.methods import classic_merges
 
     rng = np.random.default_rng(0)
     ids = jnp.asarray(np.repeat(np.arange(3), [5, 12, 7]))
     base = jnp.asarray(rng.normal(size=24), jnp.float32)
     seeds = jnp.asarray(rng.normal(size=(2, 24)), jnp.float32)
-    got, info = smol_pipeline.classic_merge("ties", base, seeds, ids, smol_pipeline.Settings())
+    got, info = pipeline.classic_merge("ties", base, seeds, ids, pipeline.Settings())
     want = classic_merges.ties(base, seeds, ids, density=0.5)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert info["density"] == 0.5
@@ -160,7 +161,7 @@ def test_pipeline_ties_tensor_by_tensor_equals_the_library_on_the_whole_vector()
 
 def test_fitness_agreement_matches_scipy_correlations():
     from scipy import stats
-    from m2n2_jax.llm import smol_pipeline
+    from experiments.smollm2 import pipeline
 
     rng = np.random.default_rng(0)
     names = ["base", "math specialist", "agent specialist"] + [f"m{i}" for i in range(5)]
@@ -170,7 +171,7 @@ def test_fitness_agreement_matches_scipy_correlations():
     for r in rows.values():
         r["fitness_mean"] = (r["fitness_math"] + r["fitness_agent"]) / 2
         r["average"] = (r["math_accuracy"] + r["agent_reward"]) / 2
-    got = smol_pipeline.fitness_agreement(rows)
+    got = pipeline.fitness_agreement(rows)
     assert got["models"] == len(names)
     for task, (f, h) in {"math": ("fitness_math", "math_accuracy"), "agent": ("fitness_agent", "agent_reward"),
                          "average": ("fitness_mean", "average")}.items():
@@ -180,18 +181,18 @@ def test_fitness_agreement_matches_scipy_correlations():
     merges = names[3:]
     for n in names:
         rows[n]["kind"] = "seed" if n not in merges else "search"
-    only = smol_pipeline.fitness_agreement(rows)["merges_only"]
+    only = pipeline.fitness_agreement(rows)["merges_only"]
     a, b = [rows[n]["fitness_agent"] for n in merges], [rows[n]["agent_reward"] for n in merges]
     assert only["models"] == 5 and only["agent"]["spearman"] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
     m, ag = rows["math specialist"], rows["agent specialist"]
     want = (m["fitness_math"] > ag["fitness_math"]) == (m["math_accuracy"] > ag["math_accuracy"])
     assert got["seeds_ordered_alike"]["math"] == want
     flat = {n: {**r, "fitness_agent": 0.5} for n, r in rows.items()}  # a constant column: no correlation, no crash
-    assert smol_pipeline.fitness_agreement(flat)["agent"] is None
+    assert pipeline.fitness_agreement(flat)["agent"] is None
 
 
 def test_paired_average_gap_against_a_plain_loop(tmp_path):
-    from m2n2_jax.llm import smol_pipeline
+    from experiments.smollm2 import pipeline
 
     rng = np.random.default_rng(1)
     evals = {n: {"math_scores": rng.integers(0, 2, 20).astype(float).tolist(),
@@ -199,7 +200,7 @@ def test_paired_average_gap_against_a_plain_loop(tmp_path):
     for n, e in evals.items():
         with open(tmp_path / f"{n}.json", "w") as f:
             json.dump(e, f)
-    got = smol_pipeline.paired_average_gap(str(tmp_path), "a", "b")
+    got = pipeline.paired_average_gap(str(tmp_path), "a", "b")
     dm = [x - y for x, y in zip(evals["a"]["math_scores"], evals["b"]["math_scores"])]
     da = [x - y for x, y in zip(evals["a"]["agent_rewards"], evals["b"]["agent_rewards"])]
 
@@ -208,4 +209,4 @@ def test_paired_average_gap_against_a_plain_loop(tmp_path):
         return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
     assert got["gap"] == pytest.approx((sum(dm) / 20 + sum(da) / 10) / 2)
     assert got["se"] == pytest.approx((var(dm) / 20 + var(da) / 10) ** 0.5 / 2)
-    assert smol_pipeline.paired_average_gap(str(tmp_path), "a", "missing") is None
+    assert pipeline.paired_average_gap(str(tmp_path), "a", "missing") is None

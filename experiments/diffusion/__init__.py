@@ -6,7 +6,8 @@ deterministic sampler), ``classifier`` (the judge: feature similarity and FID,
 standing in for CLIP), ``train`` (bilingual base, Japanese and English
 fine-tunes), ``task`` (caption/real-image datapoints and metrics on the
 denoiser's flat vector, encoder fixed; ``merge_task`` hands it to the M2N2
-engine, which subtracts the worst score in the population), ``merge`` (baselines incl. CMA-ES over per-layer
+engine, which subtracts the worst score in the population), ``baselines`` (incl. CMA-ES over per-layer
 coefficients, and the check that a vector is a merge of its seeds),
-``pipeline`` (the whole experiment) and ``report`` (table and image grid).
+``pipeline`` (the whole experiment), ``report`` (table and image grid) and
+``merge`` (the entry point: ``python -m experiments.diffusion.merge``).
 """

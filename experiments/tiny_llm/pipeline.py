@@ -1,17 +1,15 @@
 """The LLM merging experiment: make data, train a base and two specialists,
 merge them with M2N2 (recipe archive) and the classic baselines, evaluate.
 
-Imperative shell over the pure pieces in :mod:`m2n2_jax.llm`,
+Imperative shell over :mod:`experiments.tiny_llm.toy_tasks`, :mod:`m2n2_jax.llm`,
 :mod:`m2n2_jax.methods.classic_merges` and :mod:`m2n2_jax.algorithm.recipes`. Every step prints its
 progress; trained models are cached as HF checkpoints under ``--models``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import jax
@@ -22,20 +20,20 @@ from m2n2_jax.algorithm import crossover
 from m2n2_jax.methods import classic_merges as merging
 from m2n2_jax.methods import layer_cma
 from m2n2_jax.algorithm import recipes
-from m2n2_jax.methods.registry import method_config, names
-from m2n2_jax.errors import M2N2Error
+from m2n2_jax.methods.registry import method_config
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.io.results import environment, write_json
 from m2n2_jax.llm import checkpoint
 from m2n2_jax.llm import data
 from m2n2_jax.llm import generate
 from m2n2_jax.llm import model
-from m2n2_jax.llm import train
 from m2n2_jax.llm.config import LlamaConfig
 from m2n2_jax.llm.tokenizer import WordTokenizer
+from experiments.methods import PAPER_ABLATIONS
+from experiments.tiny_llm import toy_tasks, train
 
 TASKS = ("math", "agent")
-M2N2_METHODS = names(lambda m: m.pipeline_ablation)
+M2N2_METHODS = PAPER_ABLATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +72,7 @@ def llama_config(s: Settings, tokenizer: WordTokenizer) -> LlamaConfig:
 
 
 def make_data(s: Settings, tokenizer: WordTokenizer) -> dict:
-    splits = {t: data.make_splits(t, s.train_examples, s.test_examples, s.seed + 1 + i) for i, t in enumerate(TASKS)}
+    splits = {t: toy_tasks.make_splits(t, s.train_examples, s.test_examples, s.seed + 1 + i) for i, t in enumerate(TASKS)}
     enc = lambda ex: data.encode(tokenizer, ex, s.seq_len)
     fitness = [ex for t in TASKS for ex in splits[t]["train"][:s.fitness_examples]]
     return {"splits": splits,
@@ -110,9 +108,9 @@ def write_merge_data(models_dir: str, d: dict, s: Settings) -> dict:
 
 
 def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
-        command: str = "python experiments/llm_merge.py --out docs/results/llm-merge", models_only: bool = False) -> dict:
+        command: str = "python -m experiments.tiny_llm.merge --out docs/results/llm-merge", models_only: bool = False) -> dict:
     t_start = time.time()
-    tokenizer = data.make_tokenizer()
+    tokenizer = toy_tasks.make_tokenizer()
     config = llama_config(s, tokenizer)
     log("making data")
     d = make_data(s, tokenizer)
@@ -322,32 +320,3 @@ def plot(path: str, rows: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Train two tiny Llama specialists and merge them with M2N2 and baselines.")
-    parser.add_argument("--out", default="runs/llm-merge",
-                        help="where results.json, table.md, merge.png go (default runs/llm-merge)")
-    parser.add_argument("--models", default="runs/llm-merge/models", help="HF checkpoints of base, specialists, merge")
-    parser.add_argument("--retrain", action="store_true", help="train again even if checkpoints exist")
-    parser.add_argument("--budget", type=int, default=Settings.budget, help="forward passes per evolutionary method")
-    parser.add_argument("--math-steps", type=int, default=Settings.math_steps, help="fine-tuning steps of the math specialist")
-    parser.add_argument("--agent-steps", type=int, default=Settings.agent_steps, help="fine-tuning steps of the agent specialist")
-    parser.add_argument("--base-steps", type=int, default=Settings.base_steps)
-    parser.add_argument("--replay-weight", type=float, default=Settings.replay_weight,
-                        help="weight of the replayed pre-training loss during fine-tuning (default 0: none)")
-    parser.add_argument("--seed", type=int, default=Settings.seed,
-                        help="seed of the data, initialisation, training and merges (default 0)")
-    parser.add_argument("--models-only", action="store_true",
-                        help="only train (or load) the base and the two specialists and write fitness.jsonl and "
-                             "test.jsonl next to them, for m2n2 merge")
-    args = parser.parse_args(argv)
-    settings = Settings(budget=args.budget, math_steps=args.math_steps, agent_steps=args.agent_steps,
-                        base_steps=args.base_steps, replay_weight=args.replay_weight, seed=args.seed)
-    try:
-        command = " ".join(["python experiments/llm_merge.py"] + list(sys.argv[1:] if argv is None else argv))
-        run(settings, args.out, args.models, args.retrain, command, models_only=args.models_only)
-    except M2N2Error as error:
-        print(f"error: {error}")
-        return 2
-    return 0
