@@ -12,8 +12,7 @@ from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.algorithm.strategy import M2N2, ArchiveState
 from m2n2_jax.tasks.base import Task
 from m2n2_jax.tasks.custom import custom_task
-
-__version__ = "0.1.0"
+from m2n2_jax.version import __version__
 
 __all__ = [
     "M2N2", "M2N2Config", "M2N2Params", "ArchiveState", "VectorLayout", "Task", "custom_task", "METHODS",

@@ -156,13 +156,17 @@ def test_unknown_matmul_precision_names_the_choices():
 
 
 def test_cpu_devices_flag_reaches_jax_but_not_the_environment(monkeypatch):
-    """--cpu-devices sets XLA_FLAGS only while JAX starts: later processes and user code see it unchanged."""
-    code = ("import os; from m2n2_jax import cli; cli.expose_cpu_devices(3); import jax; "
+    """--cpu-devices reaches JAX when it starts; later processes and user code see XLA_FLAGS unchanged."""
+    from m2n2_jax.engine.devices import expose_cpu_devices
+
+    code = ("import os; from m2n2_jax.engine.devices import expose_cpu_devices; expose_cpu_devices(3); import jax; "
             "print(jax.device_count(), os.environ.get('XLA_FLAGS'))")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["3", "None"]
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-    cli.expose_cpu_devices(4)  # JAX is up in this process: nothing to do, nothing changed
+    devices = jax.device_count()
+    expose_cpu_devices(4)  # JAX is up in this process: nothing to do, nothing changed
+    assert jax.device_count() == devices
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"

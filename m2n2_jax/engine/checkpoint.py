@@ -21,6 +21,7 @@ import numpy as np
 
 from m2n2_jax.engine.distributed import host_tree  # multi-host: every process saves the gathered state
 from m2n2_jax.errors import M2N2Error
+from m2n2_jax.version import __version__
 
 FORMAT_VERSION = 2  # 2: archive states carry a PRNG key (the reference order lives in the strategy)
 SUBDIR = "checkpoints"
@@ -54,7 +55,7 @@ class RunCheckpointer:
 
     def save(self, step: int, state, meta: dict) -> None:
         ocp = load_orbax()
-        meta = {**meta, "format": FORMAT_VERSION, "version": _version(), "step": int(step)}
+        meta = {**meta, "format": FORMAT_VERSION, "version": __version__, "step": int(step)}
         if int(step) in self._manager.all_steps():  # e.g. a damaged one we fell back from
             self._manager.delete(int(step))
         self._manager.save(int(step), args=ocp.args.Composite(
@@ -105,7 +106,7 @@ class RunCheckpointer:
                   "(--overwrite discards it)")
         if meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"the checkpoint at step {step} in {self.path} was written by another version "
-                                  f"of m2n2-jax ({written}; this is {_version()}, format {FORMAT_VERSION}); {advice}.")
+                                  f"of m2n2-jax ({written}; this is {__version__}, format {FORMAT_VERSION}); {advice}.")
         diff = [f"{k} is {saved.get(k, 'missing')} there, {expected.get(k, 'absent')} here"
                 for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k)]
         if diff:
@@ -145,12 +146,6 @@ def read_latest_meta(directory: str) -> dict:
     """The JSON item of the newest readable checkpoint under ``directory`` (its settings and progress)."""
     with RunCheckpointer(directory) as checkpointer:
         return checkpointer.latest_meta()
-
-
-def _version() -> str:
-    from m2n2_jax import __version__
-
-    return __version__
 
 
 def _leaves(tree) -> dict:

@@ -4,12 +4,41 @@
 child at a time beat one big vmap); ``device_mesh`` chooses how runs or
 children are spread over devices, and ``sharded_evaluate`` scores each
 device's share of the children. The compiled step (runner.py) uses them.
+``expose_cpu_devices`` splits a CPU into several devices before JAX starts.
 """
 from __future__ import annotations
 
+import os
+
 import jax
 
+from m2n2_jax.engine.distributed import check_mesh_spans_processes
 from m2n2_jax.errors import ConfigError
+
+
+MAX_AUTO_CPU_DEVICES = 8
+
+
+def expose_cpu_devices(count: int | None) -> int:
+    """Split the host CPU into ``count`` XLA devices (default one per core, at most 8).
+
+    Independent runs then advance in parallel, one group per device, which
+    also parallelises the small per-run operations that a single device runs
+    one after another. JAX reads the count (its ``jax_num_cpu_devices``
+    option) once, when it starts its backends, so this must run before any JAX
+    computation; the environment is left untouched, so processes started later
+    (``m2n2 compare`` runs each method in one) and the user's own code see it
+    unchanged. Does nothing when XLA_FLAGS already sets a device count or
+    JAX's backends are already up. Returns the count asked for.
+    """
+    count = count or min(os.cpu_count() or 1, MAX_AUTO_CPU_DEVICES)
+    if count <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return count
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backends are up already (JAX has computed something): keep their devices
+        pass
+    return count
 
 
 def evaluate(score_vector, vectors, batch_size: int) -> jax.Array:
@@ -55,8 +84,6 @@ def device_mesh(devices, num_runs: int, children_per_step: int = 1):
     axis = "runs" if by_runs == by_children else "children"
     chosen = devices[:usable]
     if jax.process_count() > 1:  # multi-host: every process runs the program, so each needs a device in it
-        from m2n2_jax.engine.distributed import check_mesh_spans_processes
-
         chosen = check_mesh_spans_processes(devices, usable, num_runs if axis == "runs" else num_runs * children_per_step)
     return jax.sharding.Mesh(np.array(chosen), (axis,))
 

@@ -139,26 +139,23 @@ def digest(value) -> str:
 def run_digests(identity: dict, task, seed_models=None):
     """What the processes of a run must agree on, as a callable (computed only with several processes).
 
-    settings: the run's identity without its seeds; seeds; data: the scores
+    settings: the run's identity without its seeds (callers keep the seeds out of their own
+    settings: the CLI records --seed only as the seeds); seeds; data: the scores
     and metrics of one fixed probe model (the first seed model, else a random
     seed from PRNGKey(0)) with the task's capacities and labels, i.e. the data
     as the score function sees them; models: the seed models; software: versions.
     """
 
     def parts():
-        import m2n2_jax
-
         probe = (jax.numpy.asarray(seed_models[0]) if seed_models is not None
                  else task.random_seed(jax.random.PRNGKey(0)))
         data = [task.num_datapoints, jax.jit(task.score_vector)(probe), jax.jit(task.metrics)(probe),
                 task.capacity, task.train_labels]
         settings = {k: v for k, v in identity.items() if k != "seeds"}
-        if isinstance(settings.get("cli"), dict):  # the CLI's --seed is reported as "seeds"
-            settings["cli"] = {k: v for k, v in settings["cli"].items() if k != "seed"}
         return {"settings": settings, "seeds": identity.get("seeds"),
                 "data": [np.asarray(x) if x is not None else None for x in jax.tree.leaves(data)],
                 "models": None if seed_models is None else np.asarray(seed_models),
-                "software": {"m2n2_jax": m2n2_jax.__version__, "jax": jax.__version__}}
+                "software": {"m2n2_jax": __version__, "jax": jax.__version__}}
 
     return parts
 

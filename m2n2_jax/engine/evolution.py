@@ -22,6 +22,7 @@ from m2n2_jax.engine.devices import default_eval_batch_size, device_mesh
 from m2n2_jax.engine.budget import Plan, plan_budget
 from m2n2_jax.engine.chunk_loop import Interrupted, RunOptions, RunResult, drive  # noqa: F401 (re-exported)
 from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.algorithm.flatten import check_finite_seeds
 from m2n2_jax.errors import ConfigError, SeedModelError
 from m2n2_jax.tasks.base import Task
 
@@ -63,8 +64,6 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     if task.groups is not None and config.groups is None:
         config = config.replace(groups=task.groups)
     if seed_models is not None:
-        from m2n2_jax.algorithm.flatten import check_finite_seeds
-
         if np.ndim(seed_models) != 2 or np.shape(seed_models)[0] < 2:
             raise SeedModelError(f"seed_models must be [K >= 2, D] flat models (got shape {np.shape(seed_models)}).")
         check_finite_seeds(seed_models)

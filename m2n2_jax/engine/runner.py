@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from m2n2_jax.algorithm import strategy
 from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.engine.chunk_loop import scan_logs
 from m2n2_jax.engine.devices import evaluate, replicate, sharded_evaluate
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.tasks.base import Task
@@ -121,8 +122,6 @@ def make_chunk(config: M2N2Config, task: Task, steps_per_log: int, eval_batch_si
     communication; with a "children" mesh the children of each step are
     sharded (see device_mesh).
     """
-    from m2n2_jax.engine.chunk_loop import scan_logs
-
     by_runs = mesh is not None and mesh.axis_names == ("runs",)
     step = make_step(config, task, eval_batch_size, None if by_runs else mesh)
     scan_chunk = scan_logs(step, lambda state: archive_metrics(task, state.archive))

@@ -10,9 +10,11 @@ Formats, chosen by the path:
   names Flax parameters).
 - ``.msgpack``: the parameter pytree as ``flax.serialization.to_bytes`` writes it.
 - a Hugging Face directory of the Llama family (``config.json`` and safetensors
-  weights) or a ``.gguf`` file, read by :mod:`m2n2_jax.llm.checkpoint`; a merge
-  is written as a Hugging Face directory that keeps the first input's config,
-  tokenizer and generation files and its dtype (from a GGUF: rebuilt from its metadata).
+  weights) or a ``.gguf`` file, read and written by the reader that :mod:`m2n2_jax.llm`
+  registers here with :func:`register_tree_format` when it is imported (this module never
+  imports the language models); a merge is written as a Hugging Face directory that keeps the
+  first input's config, tokenizer and generation files and its dtype (from a GGUF: rebuilt
+  from its metadata).
 - any other directory: an orbax checkpoint of the parameter pytree
   (``orbax.checkpoint.StandardCheckpointer``).
 
@@ -24,15 +26,42 @@ a data problem).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from m2n2_jax.errors import DataError, SeedModelError
 from m2n2_jax.algorithm.flatten import VectorLayout
+from m2n2_jax.engine.checkpoint import load_orbax
+from m2n2_jax.errors import DataError, SeedModelError
 
 FORMATS = (".npy", ".npz", ".msgpack", ".gguf", "Hugging Face Llama-family directory", "orbax directory")
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeFormat:
+    """A model format that another package reads and writes as a parameter pytree."""
+
+    load: Callable[[str], Any]             # path -> parameter pytree (its errors name the path)
+    save: Callable[[str, Any, str], None]  # (path, parameter pytree, the input model it is like)
+
+
+# "hf-llama" and "gguf" (see format_of), registered by m2n2_jax.llm when it is imported.
+_TREE_FORMATS: dict[str, TreeFormat] = {}
+
+
+def register_tree_format(kind: str, tree_format: TreeFormat) -> None:
+    """Read and write models of ``kind`` (a name format_of returns) with ``tree_format``."""
+    _TREE_FORMATS[kind] = tree_format
+
+
+def _tree_format(kind: str, path: str) -> TreeFormat:
+    if kind not in _TREE_FORMATS:
+        raise DataError(f"{path}: no reader of {kind} models is registered; import m2n2_jax.llm first (m2n2 "
+                        "merge does), which registers the Hugging Face and GGUF readers.")
+    return _TREE_FORMATS[kind]
 
 
 def split_index(path: str) -> tuple[str, int | None]:
@@ -96,9 +125,7 @@ def load_model(path: str, layout: VectorLayout) -> np.ndarray:
                 params = serialization.msgpack_restore(f.read())
         return _from_tree(params, layout, path)
     if kind in ("hf-llama", "gguf"):
-        from m2n2_jax.llm import checkpoint
-
-        return _from_tree(checkpoint.load(file)[1], layout, path)  # its errors name the file already
+        return _from_tree(_tree_format(kind, path).load(file), layout, path)  # its errors name the file already
     return _load_orbax(file, layout, path)
 
 
@@ -165,8 +192,6 @@ def _from_tree(params, layout: VectorLayout, path: str) -> np.ndarray:
 
 
 def _load_orbax(directory: str, layout: VectorLayout, path: str) -> np.ndarray:
-    from m2n2_jax.engine.checkpoint import load_orbax
-
     ocp = load_orbax()
     with _reading(path, "orbax"), ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.abspath(directory))
@@ -192,13 +217,8 @@ def save_model(path: str, vector, layout: VectorLayout, like: str | None = None)
         with open(path, "wb") as f:
             f.write(serialization.to_bytes(params))
     elif like is not None and format_of(like) in ("hf-llama", "gguf"):
-        from m2n2_jax.llm import checkpoint
-
-        config = checkpoint.load_config(like)
-        checkpoint.save(path, config, params, like=like)
+        _tree_format(format_of(like), like).save(path, params, like)
     else:
-        from m2n2_jax.engine.checkpoint import load_orbax
-
         ocp = load_orbax()
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.abspath(path), params, force=True)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from m2n2_jax.errors import M2N2Error
+from m2n2_jax.llm import checkpoint, generate, text
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("model", help="a Hugging Face model directory or a .gguf file")
@@ -25,10 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), raw: bool = False) -> list[str]:
     """The model's greedy answer to each prompt (special tokens and the end token removed)."""
-    from m2n2_jax.llm import checkpoint
-    from m2n2_jax.llm import generate
-    from m2n2_jax.llm import text
-
     tokenizer = text.load_hf_tokenizer(model)
     config, params = checkpoint.load(model)
     ids = [tokenizer.encode_prompt(p if raw else text.chat_prompt(model, p)) for p in prompts]
@@ -46,8 +45,6 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from m2n2_jax.errors import M2N2Error
-
     args = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     try:
         return run(args)

@@ -16,6 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from m2n2_jax.errors import DataError
+from m2n2_jax.llm import gguf_file
 from m2n2_jax.llm.config import LlamaConfig, read_config
 
 _LINEAR = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -153,8 +154,6 @@ def save(directory: str, config: LlamaConfig, params, dtype=None, max_shard_byte
     os.makedirs(directory, exist_ok=True)
     files = []
     if like is not None and like.lower().endswith(".gguf"):
-        from m2n2_jax.llm import gguf_file
-
         hf_config, extras = gguf_file.hf_files(like)
         dtype = dtype or "float32"
         for name, content in extras.items():
@@ -243,18 +242,21 @@ def read_tensors(directory: str) -> dict[str, np.ndarray]:
 def load_config(path: str) -> LlamaConfig:
     """The config of a Hugging Face directory or a .gguf file."""
     if path.lower().endswith(".gguf"):
-        from m2n2_jax.llm import gguf_file
-
         return gguf_file.config_of(path)
     return LlamaConfig.load(path)
+
+
+def save_like(directory: str, params, like: str) -> None:
+    """Write ``params`` as a Hugging Face directory with the config, tokenizer files and dtype of ``like``."""
+    save(directory, load_config(like), params, like=like)
 
 
 def load(path: str, dtype=np.float32) -> tuple[LlamaConfig, dict]:
     """(config, Flax params) of a Hugging Face checkpoint directory or a .gguf file, cast to ``dtype``."""
     if path.lower().endswith(".gguf"):
-        from m2n2_jax.llm import gguf_file
-
-        return gguf_file.load(path, dtype)
-    config = LlamaConfig.load(path)
-    tensors = {k: np.asarray(v).astype(dtype) for k, v in read_tensors(path).items()}
+        config = gguf_file.config_of(path)
+        tensors = {k: v.astype(dtype) for k, v in gguf_file.read_tensors(path, config).items()}
+    else:
+        config = LlamaConfig.load(path)
+        tensors = {k: np.asarray(v).astype(dtype) for k, v in read_tensors(path).items()}
     return config, hf_to_params(config, tensors, where=path)

@@ -152,15 +152,6 @@ def read_tensors(path: str, config: LlamaConfig | None = None) -> dict[str, np.n
     return out
 
 
-def load(path: str, dtype=np.float32) -> tuple[LlamaConfig, dict]:
-    """(config, Flax params) of a GGUF file."""
-    from m2n2_jax.llm.checkpoint import hf_to_params
-
-    config = config_of(path)
-    tensors = {k: v.astype(dtype) for k, v in read_tensors(path, config).items()}
-    return config, hf_to_params(config, tensors, where=path)
-
-
 def _byte_alphabet() -> dict[int, str]:
     """GPT-2's printable stand-in for each byte (the alphabet byte-level BPE vocabularies are written in)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))

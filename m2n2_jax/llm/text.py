@@ -16,6 +16,7 @@ import json
 import os
 
 from m2n2_jax.errors import DataError
+from m2n2_jax.llm import gguf_file
 
 
 def join(prompt: str, answer: str, separator: str = " ") -> str:
@@ -114,8 +115,6 @@ def load_hf_tokenizer(path: str, separator: str = " ") -> HFTokenizer:
         raise DataError(f"{path}: reading a Hugging Face tokenizer needs the tokenizers package: "
                         "pip install -e '.[llm]' (or pip install tokenizers).") from None
     if path.lower().endswith(".gguf"):
-        from m2n2_jax.llm import gguf_file
-
         config, files = gguf_file.hf_files(path)
         tokenizer = gguf_file.build_tokenizer(path)
         generation, tokenizer_config = files["generation_config.json"], files["tokenizer_config.json"]
@@ -156,8 +155,6 @@ def chat_prompt(path: str, message: str) -> str:
     """``message`` as a user turn in the model's chat template (tokenizer_config.json or GGUF metadata),
     ready for the assistant's answer; the message itself when there is no template."""
     if path.lower().endswith(".gguf"):
-        from m2n2_jax.llm import gguf_file
-
         tokenizer_config = gguf_file.hf_files(path)[1]["tokenizer_config.json"]
     else:
         tokenizer_config = _json(os.path.join(path, "tokenizer_config.json"))

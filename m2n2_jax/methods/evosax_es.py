@@ -32,10 +32,9 @@ from m2n2_jax.engine.devices import evaluate
 from m2n2_jax.engine.budget import plan_budget
 from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, baseline_identity, drive_steps, latest_meta
 from m2n2_jax.errors import ConfigError
+from m2n2_jax.methods.es_strategies import POPULATION, START_STD, STRATEGIES, ESSpec
 from m2n2_jax.tasks.base import Task
 
-from m2n2_jax.methods.registry import EVOSAX_POPULATION as POPULATION  # the method table holds it
-START_STD = 0.01
 CMA_CHUNK_FORWARD_PASSES = 200  # full CMA-ES: time every 10 generations
 
 
@@ -64,17 +63,6 @@ class LazyCMA_ES(CMA_ES):
         return population, state.replace(C=C, B=B, D=D)
 
 
-@dataclasses.dataclass(frozen=True)
-class ESSpec:
-    """An evosax strategy with the settings used here (read from the method table, m2n2_jax.methods.registry)."""
-
-    strategy: str                  # the evosax class: CMA_ES (lazy, below), Sep_CMA_ES, LM_MA_ES, Open_ES, SimpleGA
-    sigma: float
-    about: str
-    batched: bool = True           # all runs in one vmapped program (full CMA-ES: one run after another)
-    population_based: bool = False  # starts from a population (SimpleGA), not a mean
-
-
 def _open_es(pop, sol, sigma=0.01, lr=0.003):
     return Open_ES(pop, sol, optimizer=optax.adam(lr), std_schedule=optax.constant_schedule(sigma))
 
@@ -84,14 +72,10 @@ def _simple_ga(pop, sol, sigma=0.01):
 
 
 def spec_of(method: str) -> ESSpec:
-    """The settings of an evosax method of the method table."""
-    from m2n2_jax.methods.registry import get, names
-
-    entry = get(method)
-    if entry.family != "evosax":
-        raise ConfigError(f"{method} is not an evosax strategy; choose one of: "
-                          f"{', '.join(names(lambda m: m.family == 'evosax'))}.")
-    return ESSpec(about=entry.about, **entry.setup)
+    """The settings of an evosax method."""
+    if method not in STRATEGIES:
+        raise ConfigError(f"{method} is not an evosax strategy; choose one of: {', '.join(STRATEGIES)}.")
+    return STRATEGIES[method]
 
 
 @flax.struct.dataclass

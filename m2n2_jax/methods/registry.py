@@ -18,9 +18,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from m2n2_jax.engine.chunk_loop import RunOptions, RunResult
 from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.algorithm.recipes import check_config
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.chunk_loop import RunOptions, RunResult
+from m2n2_jax.engine.evolution import check_seeds, evolve
+from m2n2_jax.engine import recipe_runs
 from m2n2_jax.errors import ConfigError
+from m2n2_jax.methods import es_strategies
+from m2n2_jax.methods.brute_force import run_brute_force
+from m2n2_jax.methods.map_elites import run_map_elites
 from m2n2_jax.tasks.base import Task
 
 INITS = ("scratch", "pretrained")
@@ -46,7 +53,6 @@ class Method:
     recipes: bool = False                 # runs on recipe archives (m2n2 merge --archive recipes)
     models: int | None = None             # exact number of models it merges (None: two or more)
     fp_per_step: int | None = None        # budgets must be multiples of this (None: the batch)
-    setup: dict = dataclasses.field(default_factory=dict)  # family-specific settings (evosax: its strategy)
 
     @property
     def merges(self) -> bool:
@@ -58,12 +64,9 @@ def _engine(name: str, overrides: dict, about: str) -> Method:
     return Method(name, "engine", about, overrides, options=ENGINE_OPTIONS, key_orders=KEY_ORDERS, recipes=True)
 
 
-EVOSAX_POPULATION = 20  # the paper's CMA-ES population: 20 forward passes per generation
-
-
-def _evosax(name: str, strategy: str, about: str, **setup) -> Method:
-    return Method(name, "evosax", about, inits=("scratch",), options=frozenset({"sigma"}),
-                  fp_per_step=EVOSAX_POPULATION, setup={"strategy": strategy, "sigma": 0.01, **setup})
+def _evosax(name: str) -> Method:
+    return Method(name, "evosax", es_strategies.STRATEGIES[name].about, inits=("scratch",), options=frozenset({"sigma"}),
+                  fp_per_step=es_strategies.POPULATION)
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -74,14 +77,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     _engine("ga", {"alpha": 0.0, "use_attraction": False}, "GA: no competition, no attraction"),
     _engine("ga-no-crossover", {"alpha": 0.0, "use_attraction": False, "use_crossover": False},
             "GA without crossover"),
-    _evosax("cma-es", "CMA_ES", "full-covariance CMA-ES (evosax CMA_ES, lazy eigendecomposition), sigma 0.01 as "
-            "the paper", batched=False),
-    _evosax("sep-cma-es", "Sep_CMA_ES", "diagonal CMA-ES (evosax Sep_CMA_ES), sigma 0.01"),
-    _evosax("lm-ma-es", "LM_MA_ES", "limited-memory MA-ES (evosax LM_MA_ES, 33 direction vectors), sigma 0.01"),
-    _evosax("open-es", "Open_ES", "OpenAI-ES (evosax Open_ES), fixed sigma 0.01, Adam lr 0.003, antithetic "
-            "sampling, centred ranks"),
-    _evosax("simple-ga", "SimpleGA", "evosax SimpleGA: truncation (top 10 of 20), no crossover, Gaussian mutation "
-            "std 0.01 (M2N2's mutation)", population_based=True),
+    *(_evosax(name) for name in es_strategies.STRATEGIES),
     Method("map-elites", "map-elites", "MAP-Elites, 10 x 10 grid over odd/even-digit accuracy, parents and "
            "noise as the authors draw them", options=frozenset({"mutation_std", "noise"}),
            key_orders=("engine", "reference")),
@@ -174,9 +170,6 @@ def prepare(method: str, task: Task, seeds: Sequence[int], forward_passes: int, 
     defaults to no mutation, as in the paper. scoring_dtype: "float32" or
     "bfloat16", the dtype recipe children are scored in (``archive="recipes"`` only).
     """
-    from m2n2_jax.engine.budget import plan_budget
-    from m2n2_jax.engine.evolution import check_seeds
-
     seeds = check_seeds(seeds)
     spec = check(method, init, settings, archive=archive)
     if scoring_dtype not in ("float32", "bfloat16"):
@@ -193,26 +186,20 @@ def prepare(method: str, task: Task, seeds: Sequence[int], forward_passes: int, 
     if spec.family == "engine":
         config = method_config(method, children_per_step=batch, **given)
         if archive == "recipes":
-            from m2n2_jax.algorithm.recipes import check_config
-
             check_config(config)
             return functools.partial(_run_recipes, spec, config, task, seed_models, seeds, forward_passes, log_every,
                                      scoring_dtype)
         return functools.partial(_run_engine, spec, config, task, seed_models, seeds, forward_passes, log_every)
     if spec.family == "evosax":
-        from m2n2_jax.methods.evosax_es import build
+        from m2n2_jax.methods import evosax_es  # importing evosax starts JAX's backends: only when used
 
-        build(method, 1, given.get("sigma"))  # refuses a bad sigma now
+        evosax_es.build(method, 1, given.get("sigma"))  # refuses a bad sigma now
         return functools.partial(_run_evosax, spec, task, seeds, forward_passes, log_every, given.get("sigma"))
     if spec.family == "map-elites":
-        from m2n2_jax.methods.map_elites import run_map_elites
-
         return lambda options: run_map_elites(task, seeds, forward_passes, seed_models=seed_models,
                                               mutation_std=given.get("mutation_std", 0.01), log_every=log_every,
                                               options=options, key_order=given.get("key_order", "engine"),
                                               noise=given.get("noise", "threefry"))
-    from m2n2_jax.methods.brute_force import run_brute_force
-
     if seed_models is not None and len(seed_models) != spec.models:
         raise ConfigError(f"{method} merges exactly {spec.models} models (got {len(seed_models)}).")
 
@@ -231,23 +218,19 @@ def run_method(method: str, task: Task, seeds: Sequence[int], forward_passes: in
 
 
 def _run_engine(spec, config, task, seed_models, seeds, forward_passes, log_every, options):
-    from m2n2_jax.engine.evolution import evolve
-
     return evolve(config, task, seeds, forward_passes, log_every=log_every, seed_models=seed_models,
                   options=options, method=spec.name)
 
 
 def _run_recipes(spec, config, task, seed_models, seeds, forward_passes, log_every, scoring_dtype, options):
-    from m2n2_jax.engine.recipe_runs import merge
-
     identity = {"config": config.to_dict(), "task": task.name, "seeds": list(seeds),
                 "forward_passes": forward_passes, "archive": "recipes", **(options.identity_extra or {})}
-    res = merge(config, task, seed_models, seeds, forward_passes, log_every=log_every, options=options,
+    res = recipe_runs.merge(config, task, seed_models, seeds, forward_passes, log_every=log_every, options=options,
                 identity=identity, scoring_dtype=scoring_dtype)
     return dataclasses.replace(res, method=spec.name)
 
 
 def _run_evosax(spec, task, seeds, forward_passes, log_every, sigma, options):
-    from m2n2_jax.methods.evosax_es import run_es
+    from m2n2_jax.methods import evosax_es  # importing evosax starts JAX's backends: only when used
 
-    return run_es(spec.name, task, seeds, forward_passes, log_every=log_every, sigma=sigma, options=options)
+    return evosax_es.run_es(spec.name, task, seeds, forward_passes, log_every=log_every, sigma=sigma, options=options)

@@ -13,8 +13,14 @@ PACKAGE = os.path.join(ROOT_DIR, "m2n2_jax")
 OPTIONS = {"batch": 4, "archive_size": 10, "alpha": 0.5, "mutation_std": 0.02, "noise": "hash", "sigma": 0.1}
 
 
+# Where a method's name is declared: the method table, or for the evosax strategies the family's list of
+# them (the table reads it; a family never imports the table).
+DECLARED_IN = {"methods/registry.py", "methods/es_strategies.py"}
+
+
 def test_method_names_are_written_in_one_place():
-    """Outside the table a name appears only in the module that implements it (its own result record)."""
+    """A name is declared in one module; elsewhere it appears only in the module that implements it
+    (its own result record)."""
     sources = {}
     for root, _, files in os.walk(PACKAGE):
         for name in files:
@@ -26,7 +32,7 @@ def test_method_names_are_written_in_one_place():
             continue
         holders = {path for path, text in sources.items() if re.search(rf"[\"']{re.escape(method)}[\"']", text)}
         own = {f"methods/{method.replace('-', '_')}.py"}
-        assert holders - own == {"methods/registry.py"}, (method, holders)
+        assert len(holders - own) == 1 and holders - own <= DECLARED_IN, (method, holders)
 
 
 @pytest.mark.parametrize("method", methods.ALL_METHODS)

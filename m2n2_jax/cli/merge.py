@@ -1,0 +1,68 @@
+"""``m2n2 merge``: merge the user's model files into one with M2N2 (or another merging method).
+
+To add an option: a run setting (recorded in checkpoints, compared on resume) is a field of
+:class:`~m2n2_jax.cli.options.MergeSettings`; an option that chooses another way in (a
+configuration file) or out (the merged file's format) goes in :func:`add_parser`, and its
+handling in :func:`run` (reading or checking it before the run starts) or in
+:func:`m2n2_jax.io.run_outputs.write_merge_outputs` (writing).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+import m2n2_jax.llm  # noqa: F401 (registers the Hugging Face and GGUF model files with io.model_files)
+from m2n2_jax.algorithm.flatten import check_finite_seeds
+from m2n2_jax.cli.options import MergeSettings, add_run_control, add_settings
+from m2n2_jax.cli.running import resolve, run_options, task_of
+from m2n2_jax.engine import distributed
+from m2n2_jax.errors import ConfigError
+from m2n2_jax.io import model_files
+from m2n2_jax.io.run_dirs import prepare_output_dir
+from m2n2_jax.io.run_outputs import write_merge_outputs
+from m2n2_jax.methods import merge_models
+from m2n2_jax.methods import registry as methods
+from m2n2_jax.tasks import TASKS
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("merge", help="merge your models (files of one architecture) into one with M2N2 and "
+                                          "write merged.EXT, results.json, table.md, curves.png")
+    add_settings(parser, MergeSettings, methods=", ".join(methods.names(lambda m: m.merges)),
+                 tasks=", ".join(TASKS) + ", llm-exact-match (Llama directories; --task-arg data=FILE.jsonl "
+                                          "[test_data=FILE.jsonl])")
+    add_run_control(parser, default_out="runs/merge-TASK", checkpoint_every=2000)
+
+
+def run(args) -> int:
+    settings = resolve(args, MergeSettings)
+    paths = settings["models"] or []
+    if len(paths) < 2:
+        raise ConfigError(f"m2n2 merge needs at least two model files (got {len(paths)}); "
+                          "e.g. m2n2 merge a.msgpack b.msgpack --task digits --out runs/merged.")
+    method = settings["method"]
+    methods.check(method, "pretrained", num_models=len(paths), archive=settings["archive"])
+    task = task_of(settings, args, first_model=paths[0])
+    vectors = np.stack([model_files.load_model(p, task.layout) for p in paths])
+    check_finite_seeds(vectors)
+    task = merge_models.with_seed_models(task, vectors)
+    if settings.resumed is not None:
+        started = settings.resumed.get("models_sha256")
+        if started not in (None, merge_models.fingerprint(vectors)):
+            raise ConfigError(f"--resume {args.resume}: the model files ({', '.join(paths)}) changed since this "
+                              "merge started; put the original files back, or start a new merge in another --out.")
+    out = args.resume or args.out or os.path.join("runs", f"merge-{os.path.basename(settings['task'])}")
+    seeds = settings.seeds()
+    start = methods.prepare(method, task, seeds, settings["forward_passes"], init="pretrained",
+                            log_every=settings["log_every"], archive=settings["archive"],
+                            scoring_dtype=settings["scoring_dtype"], **settings.algorithm())
+    distributed.main_first(prepare_output_dir, out, bool(args.resume), args.overwrite)  # multi-host: process 0 first
+    distributed.is_main() and print(f"m2n2 merge: {len(paths)} models, task={task.name} method={method} "
+                                    f"runs={len(seeds)} forward_passes={settings['forward_passes']} -> {out}"
+                                    f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
+    res = start(run_options(args, out, settings, method, extra={"models_sha256": merge_models.fingerprint(vectors)}))
+    if distributed.is_main():  # multi-host: process 0 writes
+        print(write_merge_outputs(out, paths, settings.values, task, vectors, res, seeds))
+    return 0
