@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.llm.model import apply
+from m2n2_jax.llm.scoring import scores_at
 
 
 def greedy_generate(config, params, tokens, prompt_lengths, max_new_tokens: int, eos_id: int, pad_id: int = 0):
@@ -58,18 +59,7 @@ def answer_scores(config, params, tokens, targets, eos_ids: tuple = ()):
 
 def scores_from_logits(logits, tokens, targets, eos_ids: tuple = ()):
     """(exact match [B], gold likelihood [B]) from logits [B, L, V] of ``tokens``."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    gold = tokens[:, 1:]
-    mask = targets[:, 1:]
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    gold_log_probs = jnp.take_along_axis(log_probs, gold[..., None], axis=-1)[..., 0]
-    predicted = jnp.argmax(logits, axis=-1)
-    right = (predicted == gold) | (mask == 0)
-    if len(eos_ids) > 1:
-        right = right | ((gold == eos_ids[0]) & jnp.isin(predicted, jnp.asarray(eos_ids)))
-    count = jnp.maximum(jnp.sum(mask, axis=1), 1)
-    likelihood = jnp.exp(jnp.sum(gold_log_probs * mask, axis=1) / count)
-    return jnp.all(right, axis=1).astype(jnp.float32), likelihood
+    return scores_at(logits[:, :-1], tokens[:, 1:], targets[:, 1:], eos_ids)
 
 
 def answer_loss(config, params, tokens, targets, lm_weight: float = 0.0):

@@ -42,7 +42,7 @@ from m2n2_jax.algorithm import recipes
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.errors import ConfigError, M2N2Error
 from m2n2_jax.io.results import environment
-from m2n2_jax.llm import checkpoint, evaluate, shop, smol_search, smol_specialists
+from m2n2_jax.llm import checkpoint, evaluate, model, shop, smol_search, smol_specialists
 from m2n2_jax.llm.smol_specialists import GGUF, log
 from m2n2_jax.methods import classic_merges, layer_cma
 from m2n2_jax.methods.registry import get, names
@@ -248,7 +248,7 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = smol_specialists.C
     log(f"loading {gguf}")
     config, base, tokenizer = smol_specialists.load_base(gguf)
     specs = smol_specialists.make_specialists(config, base, tokenizer, gguf, cache, seed=s.seed)
-    layout = VectorLayout.of(base)
+    layout = VectorLayout.of(base, order=model.checkpoint_order(base))
     base_vec = np.asarray(layout.ravel(base))
     seed_vecs = np.stack([np.asarray(layout.ravel(specs[t][0])) for t in smol_specialists.TASKS])
     bank = recipes.SeedBank.build(seed_vecs)

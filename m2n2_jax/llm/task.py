@@ -26,6 +26,7 @@ from m2n2_jax.errors import DataError
 from m2n2_jax.tasks.custom import custom_task
 from m2n2_jax.llm import checkpoint
 from m2n2_jax.llm import generate
+from m2n2_jax.llm import model as llama
 from m2n2_jax.llm.data import Batch, encode
 from m2n2_jax.llm.text import HFTokenizer, load_tokenizer  # noqa: F401  (HFTokenizer: re-exported)
 
@@ -88,6 +89,7 @@ def exact_match_task(model: str, data: str, test_data: str | None = None, max_ex
 
     metrics = None if test is None else (lambda p: {"test_exact_match": jnp.mean(exact_match(p, test))})
     return custom_task("llm-exact-match", params, lambda p: exact_match(p, train), metrics,
+                       layout_order=llama.checkpoint_order(params),
                        info={"model": f"{config.model_type} {config.num_hidden_layers} layers, hidden {config.hidden_size}",
                              "data": data, "test_data": test_data,  # as given: results files travel
                              "train_size": len(train), "test_size": 0 if test is None else len(test)})
