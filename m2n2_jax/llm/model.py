@@ -231,6 +231,12 @@ class Llama(nn.Module):
         return logits if cache is None else (logits, new_cache)
 
 
+def broadcast_cache(cache, batch: int, slots_after: int):
+    """A [1, P, ...] cache per layer (a shared prefix's) as [batch, P + slots_after, ...], zeros after P."""
+    pad = ((0, 0), (0, slots_after), (0, 0), (0, 0))
+    return [tuple(jnp.pad(jnp.broadcast_to(c, (batch,) + c.shape[1:]), pad) for c in kv) for kv in cache]
+
+
 def init_params(config: LlamaConfig, seed: int = 0) -> dict:
     """Random parameters (normal, std 0.02; norms at 1) as a plain nested dict.
 

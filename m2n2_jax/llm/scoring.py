@@ -158,8 +158,7 @@ def logits_after_prefix(config, params, cache, tokens, gather, matmul: str = "fl
     if cache is None:
         logits = model.apply(config, params, tokens, positions=positions, gather=keep, matmul=matmul)
     else:
-        pad = ((0, 0), (0, length), (0, 0), (0, 0))
-        full = [tuple(jnp.pad(jnp.broadcast_to(c, (batch,) + c.shape[1:]), pad) for c in kv) for kv in cache]
+        full = model.broadcast_cache(cache, batch, length)
         logits, _ = model.apply(config, params, tokens, positions=positions, cache=full, index=p, gather=keep,
                                 matmul=matmul)
     return logits if target_only else jnp.take_along_axis(logits, gather[..., None], axis=1)

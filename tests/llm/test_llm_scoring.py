@@ -70,3 +70,26 @@ def test_buckets_keep_padding_under_ten_percent_and_cover_every_row_once():
     assert plan.padding_fraction <= 0.1
     unbucketed = scoring.plan_rows(tokens, targets, batch_size=8, bucket=False, prefix=False)
     assert plan.computed_tokens < unbucketed.computed_tokens
+
+
+def test_prefix_cached_generation_equals_uncached():
+    params, _ = data()
+    rng = np.random.default_rng(5)
+    prompts = [PREFIX + rng.integers(3, 32, n).tolist() for n in (1, 6, 3, 9)]
+    cached = generate.greedy(CONFIG, params, prompts, 6, eos_ids=[2], prefix=True, bucket=4)
+    plain = generate.greedy(CONFIG, params, prompts, 6, eos_ids=[2], prefix=False)
+    assert cached == plain
+    alone = [generate.greedy(CONFIG, params, [p], 6, eos_ids=[2])[0] for p in prompts[:2]]  # one prompt: no padding
+    assert cached[:2] == alone
+
+
+def test_bfloat16_matmuls_round_operands_and_accumulate_in_float32():
+    params, (tokens, _) = data()
+    exact = model.apply(CONFIG, params, jnp.asarray(tokens[:2]), matmul="float32")
+    mixed = model.apply(CONFIG, params, jnp.asarray(tokens[:2]), matmul="bfloat16")
+    assert mixed.dtype == jnp.float32
+    assert not np.array_equal(np.asarray(mixed), np.asarray(exact))  # bfloat16 operands did round
+    np.testing.assert_allclose(mixed, exact, atol=0.05 * float(jnp.max(jnp.abs(exact))))
+    assert model.resolve_matmul("float32") == "float32"
+    with pytest.raises(Exception, match="choose auto, float32 or bfloat16"):
+        model.resolve_matmul("fp8")
