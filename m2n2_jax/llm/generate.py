@@ -102,7 +102,7 @@ def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decod
     bucket: left-pad the prompts to a multiple of this many tokens, so that batches of similar lengths
     share one compiled prefill and step (padding is masked; the result does not change).
     prefix: run the tokens every prompt starts with (a shared system prompt) once, for one row, and
-    continue every prompt from its key/value cache. matmul: "auto", "float32" or "bfloat16"
+    continue every prompt from its key/value cache (not with a sliding window, which counts slots). matmul: "auto", "float32" or "bfloat16"
     (:func:`m2n2_jax.llm.model.resolve_matmul`).
     Returns one list of new ids per prompt.
     """
@@ -115,7 +115,9 @@ def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decod
         raise ValueError("stop strings need decode(ids) -> text")
     batch = len(prompts)
     lengths = np.asarray([len(p) for p in prompts])
-    shared = shared_prefix_length([np.asarray(p) for p in prompts], int(lengths.min()) - 1) if prefix and batch > 1 else 0
+    # the padding between the prefix and the rest would stretch slot distances: no prefix under a sliding window
+    prefix = prefix and batch > 1 and config.sliding_window is None
+    shared = shared_prefix_length([np.asarray(p) for p in prompts], int(lengths.min()) - 1) if prefix else 0
     step = max(1, int(bucket))
     longest = -(-int(lengths.max() - shared) // step) * step  # the prompts' rest, left-padded to this
     slots = shared + longest + max_new_tokens
