@@ -34,7 +34,7 @@ import numpy as np
 
 from m2n2_jax.errors import ConfigError
 from experiments.smollm2 import shop, word_problems
-from m2n2_jax.llm import generate
+from m2n2_jax.llm import generate, scoring
 from m2n2_jax.llm.data import Batch, encode
 
 TASKS = ("math", "agent")
@@ -246,18 +246,9 @@ def episode_scores(step_scores, groups, num_groups: int):
     return jax.ops.segment_min(jnp.asarray(step_scores), jnp.asarray(groups), num_segments=num_groups)
 
 
-def score_function(config, batch: Batch, eos_ids=(), batch_size: int = 32):
+def score_function(config, batch: Batch, eos_ids=(), batch_size: int = 32, matmul: str = "auto"):
     """``scores(params) -> [N]`` in {0, 1}: teacher-forced exact match of each datapoint of ``batch``
-    (jit-able; ``batch_size`` rows per forward pass bound the memory)."""
-    n = len(batch)
-    size = max(1, min(batch_size, n))
-    pad = (-n) % size
-    tokens = np.concatenate([batch.tokens, batch.tokens[:pad]]).reshape(-1, size, batch.tokens.shape[1])
-    targets = np.concatenate([batch.targets, batch.targets[:pad]]).reshape(-1, size, batch.targets.shape[1])
-    eos_ids = tuple(int(e) for e in eos_ids)
-
-    def scores(params):
-        out = jax.lax.map(lambda tt: generate.answer_scores(config, params, tt[0], tt[1], eos_ids)[0],
-                          (jnp.asarray(tokens), jnp.asarray(targets)))
-        return out.reshape(-1)[:n]
-    return scores
+    (jit-able; ``batch_size`` rows per forward pass bound the memory; logits only at answer tokens, rows
+    bucketed by length, the shared prompt prefix once: :mod:`m2n2_jax.llm.scoring`)."""
+    plan = scoring.plan_rows(batch.tokens, batch.targets, batch_size)
+    return scoring.exact_match_scorer(config, plan, eos_ids, matmul=matmul)

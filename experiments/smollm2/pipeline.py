@@ -44,7 +44,7 @@ from m2n2_jax.io.results import environment
 from experiments.methods import PAPER_ABLATIONS
 from experiments.smollm2 import evaluate, search, shop, specialists
 from experiments.smollm2.specialists import GGUF, log
-from m2n2_jax.llm import checkpoint
+from m2n2_jax.llm import checkpoint, model
 from m2n2_jax.methods import classic_merges, layer_cma
 from m2n2_jax.methods.registry import get, names
 
@@ -249,7 +249,7 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = specialists.CACHE,
     log(f"loading {gguf}")
     config, base, tokenizer = specialists.load_base(gguf)
     specs = specialists.make_specialists(config, base, tokenizer, gguf, cache, seed=s.seed)
-    layout = VectorLayout.of(base)
+    layout = VectorLayout.of(base, order=model.checkpoint_order(base))
     base_vec = np.asarray(layout.ravel(base))
     seed_vecs = np.stack([np.asarray(layout.ravel(specs[t][0])) for t in specialists.TASKS])
     bank = recipes.SeedBank.build(seed_vecs)

@@ -147,7 +147,7 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
             f"--forward-passes {s.budget} --seed {s.seed}")
         return {"models": models_dir, **paths}
 
-    layout = VectorLayout.of(base)
+    layout = VectorLayout.of(base, order=model.checkpoint_order(base))
     base_vec = layout.ravel(base)
     seeds = jnp.stack([layout.ravel(specialists[t]) for t in TASKS])
     fit = d["fitness"]

@@ -2,13 +2,20 @@
 
 :class:`VectorLayout` records the structure, shapes and dtypes of a model's
 parameters and an order of its leaves, so that a whole model is one vector of
-length D. The default order is the pytree's own (``jax.tree.leaves``); a task
-may choose another, e.g. to match the authors' parameter layout bit for bit.
+length D. The order decides what a crossover's split point cuts: coordinates
+before it come from one interpolation ratio, the rest from the other. The
+default, :func:`natural_order`, is the pytree's own order (``jax.tree.leaves``)
+except that dictionary keys compare numbered names by number (``Dense_2``
+before ``Dense_10``; jax sorts keys as strings). A task may choose another:
+the Llama family follows the checkpoint's own depth order
+(:func:`m2n2_jax.llm.model.checkpoint_order`), the digits task the authors'
+layout bit for bit.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Sequence
 
 import jax
@@ -30,7 +37,7 @@ class VectorLayout:
         leaves, treedef = jax.tree.flatten(params)
         if not leaves:
             raise SeedModelError("the model has no parameters (empty pytree); pass a pytree of arrays.")
-        order = tuple(range(len(leaves))) if order is None else tuple(order)
+        order = natural_order(params) if order is None else tuple(order)
         if sorted(order) != list(range(len(leaves))):
             raise SeedModelError(f"layout order {order} is not a permutation of the {len(leaves)} leaves.")
         return cls(treedef, tuple(tuple(np.shape(l)) for l in leaves),
@@ -73,6 +80,29 @@ class VectorLayout:
                 raise SeedModelError(
                     f"{name}: leaf {path} has shape {shape} and dtype {dtype}, expected "
                     f"{self.shapes[i]} and {self.dtypes[i]}; cast or rebuild the model to match the first seed.")
+
+
+def _natural_key(text: str) -> list:
+    """'layers_10' -> ['layers_', 10, '']: text and numbers alternate, so numbers compare as numbers."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
+
+
+def natural_order(params) -> tuple[int, ...]:
+    """Leaf indices of ``jax.tree.flatten(params)`` with dictionary keys in natural order.
+
+    jax sorts dict keys as strings (``layers_10`` before ``layers_2``); here a key's digit runs
+    compare as numbers. Other containers (lists, tuples, dataclasses) keep their own order.
+    """
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    first_seen: dict = {}
+
+    def element(prefix, entry):
+        if isinstance(entry, jax.tree_util.DictKey):
+            return (0, _natural_key(str(entry.key)), str(entry.key))  # the raw key breaks ties ('a01', 'a1')
+        return (1, [first_seen.setdefault((prefix, entry), len(first_seen))], "")
+
+    keys = [[element(path[:depth], entry) for depth, entry in enumerate(path)] for path in paths]  # in leaf order
+    return tuple(sorted(range(len(paths)), key=keys.__getitem__))
 
 
 def stack_seed_vectors(seeds: Sequence, layout: VectorLayout | None = None):

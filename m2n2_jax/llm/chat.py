@@ -23,21 +23,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
     parser.add_argument("--stop", action="append", default=[], help="also stop once the answer contains this text")
     parser.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
+    parser.add_argument("--matmul", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="matmul precision: bfloat16 operands with float32 accumulation, float32, or auto "
+                             "(bfloat16 where the backend runs it faster: GPU, TPU, CPU with AMX/AVX512-BF16)")
     return parser
 
 
-def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), raw: bool = False) -> list[str]:
+def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), raw: bool = False,
+           matmul: str = "auto") -> list[str]:
     """The model's greedy answer to each prompt (special tokens and the end token removed)."""
     tokenizer = text.load_hf_tokenizer(model)
     config, params = checkpoint.load(model)
     ids = [tokenizer.encode_prompt(p if raw else text.chat_prompt(model, p)) for p in prompts]
     out = generate.greedy(config, params, ids, max_new_tokens, tokenizer.eos_ids, stop=tuple(stop),
-                          decode=tokenizer.decode)
+                          decode=tokenizer.decode, matmul=matmul)
     return [tokenizer._tokenizer.decode(o, skip_special_tokens=True) for o in out]
 
 
 def run(args) -> int:
-    for prompt, reply in zip(args.prompt, answer(args.model, args.prompt, args.max_new_tokens, args.stop, args.raw)):
+    for prompt, reply in zip(args.prompt, answer(args.model, args.prompt, args.max_new_tokens, args.stop, args.raw,
+                                                  getattr(args, "matmul", "auto"))):
         if len(args.prompt) > 1:
             print(f"> {prompt}")
         print(reply)

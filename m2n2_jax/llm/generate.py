@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2n2_jax.llm.model import apply
+from m2n2_jax.llm.model import apply, broadcast_cache
+from m2n2_jax.llm.scoring import scores_at
 
 
 def greedy_generate(config, params, tokens, prompt_lengths, max_new_tokens: int, eos_id: int, pad_id: int = 0):
@@ -58,18 +59,7 @@ def answer_scores(config, params, tokens, targets, eos_ids: tuple = ()):
 
 def scores_from_logits(logits, tokens, targets, eos_ids: tuple = ()):
     """(exact match [B], gold likelihood [B]) from logits [B, L, V] of ``tokens``."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    gold = tokens[:, 1:]
-    mask = targets[:, 1:]
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    gold_log_probs = jnp.take_along_axis(log_probs, gold[..., None], axis=-1)[..., 0]
-    predicted = jnp.argmax(logits, axis=-1)
-    right = (predicted == gold) | (mask == 0)
-    if len(eos_ids) > 1:
-        right = right | ((gold == eos_ids[0]) & jnp.isin(predicted, jnp.asarray(eos_ids)))
-    count = jnp.maximum(jnp.sum(mask, axis=1), 1)
-    likelihood = jnp.exp(jnp.sum(gold_log_probs * mask, axis=1) / count)
-    return jnp.all(right, axis=1).astype(jnp.float32), likelihood
+    return scores_at(logits[:, :-1], tokens[:, 1:], targets[:, 1:], eos_ids)
 
 
 def answer_loss(config, params, tokens, targets, lm_weight: float = 0.0):
@@ -85,22 +75,25 @@ def answer_loss(config, params, tokens, targets, lm_weight: float = 0.0):
     return loss
 
 
-def _prefill(config, params, tokens, valid, positions, cache):
-    logits, cache = apply(config, params, tokens, valid, positions, cache, 0, last_only=True)
+def _prefill(config, params, tokens, valid, positions, cache, index=0, matmul="float32"):
+    logits, cache = apply(config, params, tokens, valid, positions, cache, index, last_only=True, matmul=matmul)
     return logits[:, -1], cache
 
 
-def _step(config, params, token, valid, position, cache, index):
-    logits, cache = apply(config, params, token[:, None], valid, position[:, None], cache, index)
+def _step(config, params, token, valid, position, cache, index, matmul="float32"):
+    logits, cache = apply(config, params, token[:, None], valid, position[:, None], cache, index, matmul=matmul)
     return logits[:, -1], cache
 
 
-_prefill_jit = jax.jit(_prefill, static_argnums=0)
-_step_jit = jax.jit(_step, static_argnums=0, donate_argnums=(5,))
+_prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=("matmul",))
+_step_jit = jax.jit(_step, static_argnums=0, donate_argnums=(5,), static_argnames=("matmul",))
+
+
+_broadcast_cache_jit = jax.jit(broadcast_cache, static_argnums=(1, 2))
 
 
 def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decode=None, cache_dtype=jnp.float32,
-           bucket: int = 1):
+           bucket: int = 1, prefix: bool = True, matmul: str = "auto"):
     """Greedy continuations of token-id prompts, decoded together with a key/value cache.
 
     prompts: lists of ids (any lengths; left-padded internally). eos_ids: ids that end a sequence
@@ -108,35 +101,52 @@ def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decod
     (``decode(ids) -> str`` required); the token completing it is kept, as transformers does.
     bucket: left-pad the prompts to a multiple of this many tokens, so that batches of similar lengths
     share one compiled prefill and step (padding is masked; the result does not change).
+    prefix: run the tokens every prompt starts with (a shared system prompt) once, for one row, and
+    continue every prompt from its key/value cache (not with a sliding window, which counts slots). matmul: "auto", "float32" or "bfloat16"
+    (:func:`m2n2_jax.llm.model.resolve_matmul`).
     Returns one list of new ids per prompt.
     """
+    from m2n2_jax.llm.model import resolve_matmul
+    from m2n2_jax.llm.scoring import shared_prefix_length
+
+    matmul = resolve_matmul(matmul)
     eos = np.asarray(sorted({int(e) for e in np.atleast_1d(eos_ids)}))
     if stop and decode is None:
         raise ValueError("stop strings need decode(ids) -> text")
-    batch, longest = len(prompts), max(len(p) for p in prompts)
-    longest = -(-longest // max(1, int(bucket))) * max(1, int(bucket))
-    slots = longest + max_new_tokens
-    tokens = np.zeros((batch, longest), np.int32)
-    valid = np.zeros((batch, slots), np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, longest - len(p):] = p
-        valid[i, longest - len(p):] = 1
-    valid[:, longest:] = 1  # the slots generated tokens will fill
-    positions = np.maximum(np.cumsum(valid[:, :longest], axis=1) - 1, 0)
+    batch = len(prompts)
     lengths = np.asarray([len(p) for p in prompts])
-    shape = (batch, slots, config.num_key_value_heads, config.head_dim)
+    # the padding between the prefix and the rest would stretch slot distances: no prefix under a sliding window
+    prefix = prefix and batch > 1 and config.sliding_window is None
+    shared = shared_prefix_length([np.asarray(p) for p in prompts], int(lengths.min()) - 1) if prefix else 0
+    step = max(1, int(bucket))
+    longest = -(-int(lengths.max() - shared) // step) * step  # the prompts' rest, left-padded to this
+    slots = shared + longest + max_new_tokens
+    tokens = np.zeros((batch, longest), np.int32)
+    valid = np.ones((batch, slots), np.int32)  # the prefix's and the generated tokens' slots are all valid
+    valid[:, shared:shared + longest] = 0
+    for i, p in enumerate(prompts):
+        tokens[i, longest - len(p) + shared:] = p[shared:]
+        valid[i, shared + longest - len(p) + shared:shared + longest] = 1
+    positions = np.maximum(shared + np.cumsum(valid[:, shared:shared + longest], axis=1) - 1, 0)
+    shape = (1 if shared else batch, shared if shared else slots, config.num_key_value_heads, config.head_dim)
     cache = [(jnp.zeros(shape, cache_dtype), jnp.zeros(shape, cache_dtype)) for _ in range(config.num_hidden_layers)]
-    logits, cache = _prefill_jit(config, params, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(positions), cache)
+    if shared:
+        head = jnp.asarray(np.asarray(prompts[0][:shared], np.int32)[None])
+        _, cache = _prefill_jit(config, params, head, jnp.ones((1, shared), jnp.int32),
+                                jnp.arange(shared)[None], cache, matmul=matmul)
+        cache = _broadcast_cache_jit(cache, batch, slots - shared)
+    logits, cache = _prefill_jit(config, params, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(positions),
+                                 cache, shared, matmul=matmul)
     out = [[] for _ in prompts]
     done = np.zeros(batch, bool)
-    for step in range(max_new_tokens):
+    for n in range(max_new_tokens):
         token = np.asarray(jnp.argmax(logits, axis=-1)).astype(np.int32)
         for i in np.flatnonzero(~done):
             out[i].append(int(token[i]))
             if token[i] in eos or (stop and any(s in decode(out[i]) for s in stop)):
                 done[i] = True
-        if done.all() or step == max_new_tokens - 1:
+        if done.all() or n == max_new_tokens - 1:
             break
         logits, cache = _step_jit(config, params, jnp.asarray(token), jnp.asarray(valid),
-                                  jnp.asarray(lengths + step), cache, longest + step)
+                                  jnp.asarray(lengths + n), cache, shared + longest + n, matmul=matmul)
     return out

@@ -7,6 +7,14 @@ Parameter names follow Hugging Face's module names (``embed_tokens``,
 ``layers_N/self_attn/q_proj``, ...) so that the checkpoint mapping is a rename
 plus a transpose of each kernel. The rotary embedding uses HF's half-split
 ("rotate_half") convention, so HF q/k weights load without permutation.
+:func:`checkpoint_order` lists the parameters in the checkpoint's own depth order,
+the order the merge's flat vector (and a crossover's split point) follows.
+
+Matmul precision (``matmul``): "float32", or "bfloat16" for bfloat16 operands with
+float32 accumulation and float32 results (``preferred_element_type``), the form
+that reaches AMX / AVX512-BF16 on Intel CPUs and tensor cores on GPUs; norms,
+softmax and the residual stream stay float32. :func:`resolve_matmul` turns "auto"
+into the faster one for the backend.
 """
 from __future__ import annotations
 
@@ -19,6 +27,44 @@ import flax.linen as nn
 from m2n2_jax.llm.config import LlamaConfig
 
 _INIT = nn.initializers.normal(0.02)
+MATMULS = ("float32", "bfloat16")
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bfloat16 dot products in hardware)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def resolve_matmul(matmul: str = "auto") -> str:
+    """"auto" -> "bfloat16" where bfloat16 operands run faster (a GPU or TPU, or a CPU with AMX-BF16 /
+    AVX512-BF16), else "float32" (on other CPUs the conversion only adds work); other names are checked."""
+    from m2n2_jax.errors import ConfigError
+
+    if matmul == "auto":
+        fast = jax.default_backend() in ("gpu", "tpu") or cpu_has_fast_bf16()
+        return "bfloat16" if fast else "float32"
+    if matmul not in MATMULS:
+        raise ConfigError(f"matmul precision {matmul!r} is unknown; choose auto, float32 or bfloat16.")
+    return matmul
+
+
+def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """dot_general on bfloat16 operands accumulated and returned in float32 (for nn.Dense)."""
+    return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), dimension_numbers,
+                               preferred_element_type=jnp.float32)
+
+
+def matmul_einsum(matmul: str, spec: str, a, b):
+    """einsum in the given matmul precision (bfloat16: bfloat16 operands, float32 result)."""
+    if matmul == "bfloat16":
+        return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    return jnp.einsum(spec, a, b)
 
 
 class RMSNorm(nn.Module):
@@ -69,8 +115,9 @@ def apply_rope(x, cos, sin):
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def _dense(features: int, name: str, bias: bool = False):
-    return nn.Dense(features, use_bias=bias, kernel_init=_INIT, name=name)
+def _dense(features: int, name: str, bias: bool = False, matmul: str = "float32"):
+    return nn.Dense(features, use_bias=bias, kernel_init=_INIT, name=name,
+                    dot_general=_bf16_dot_general if matmul == "bfloat16" else None)
 
 
 class Attention(nn.Module):
@@ -78,15 +125,16 @@ class Attention(nn.Module):
     keys and values at slots index .. index + T - 1 and attends over all S slots (``mask`` [B, T, S])."""
 
     config: LlamaConfig
+    matmul: str = "float32"
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, cache=None, index=0):
-        c = self.config
+        c, m = self.config, self.matmul
         batch, length, _ = x.shape
         qkv_bias = c.attention_bias or c.qkv_bias
-        q = _dense(c.num_attention_heads * c.head_dim, "q_proj", qkv_bias)(x).reshape(batch, length, c.num_attention_heads, c.head_dim)
-        k = _dense(c.num_key_value_heads * c.head_dim, "k_proj", qkv_bias)(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
-        v = _dense(c.num_key_value_heads * c.head_dim, "v_proj", qkv_bias)(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
+        q = _dense(c.num_attention_heads * c.head_dim, "q_proj", qkv_bias, m)(x).reshape(batch, length, c.num_attention_heads, c.head_dim)
+        k = _dense(c.num_key_value_heads * c.head_dim, "k_proj", qkv_bias, m)(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
+        v = _dense(c.num_key_value_heads * c.head_dim, "v_proj", qkv_bias, m)(x).reshape(batch, length, c.num_key_value_heads, c.head_dim)
         if c.qk_norm:
             q, k = RMSNorm(c.rms_norm_eps, name="q_norm")(q), RMSNorm(c.rms_norm_eps, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -96,34 +144,36 @@ class Attention(nn.Module):
             cache = (k, v)
         groups = c.num_attention_heads // c.num_key_value_heads
         keys, values = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)  # head h reads kv head h // groups
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, keys).astype(jnp.float32) / jnp.sqrt(jnp.float32(c.head_dim))
+        logits = matmul_einsum(m, "bqhd,bkhd->bhqk", q, keys).astype(jnp.float32) / jnp.sqrt(jnp.float32(c.head_dim))
         logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, values).reshape(batch, length, -1)
-        return _dense(c.hidden_size, "o_proj", c.attention_bias)(out), cache
+        out = matmul_einsum(m, "bhqk,bkhd->bqhd", weights, values).astype(x.dtype).reshape(batch, length, -1)
+        return _dense(c.hidden_size, "o_proj", c.attention_bias, m)(out), cache
 
 
 class MLP(nn.Module):
     config: LlamaConfig
+    matmul: str = "float32"
 
     @nn.compact
     def __call__(self, x):
-        c = self.config
-        gate = _dense(c.intermediate_size, "gate_proj", c.mlp_bias)(x)
-        up = _dense(c.intermediate_size, "up_proj", c.mlp_bias)(x)
-        return _dense(c.hidden_size, "down_proj", c.mlp_bias)(nn.silu(gate) * up)
+        c, m = self.config, self.matmul
+        gate = _dense(c.intermediate_size, "gate_proj", c.mlp_bias, m)(x)
+        up = _dense(c.intermediate_size, "up_proj", c.mlp_bias, m)(x)
+        return _dense(c.hidden_size, "down_proj", c.mlp_bias, m)(nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
     config: LlamaConfig
+    matmul: str = "float32"
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, cache=None, index=0):
         c = self.config
-        h, cache = Attention(c, name="self_attn")(RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask,
-                                                  cache, index)
+        h, cache = Attention(c, self.matmul, name="self_attn")(RMSNorm(c.rms_norm_eps, name="input_layernorm")(x),
+                                                               cos, sin, mask, cache, index)
         x = x + h
-        return x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)), cache
+        return x + MLP(c, self.matmul, name="mlp")(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)), cache
 
 
 def causal_mask(config: LlamaConfig, query_slots, key_slots, key_valid=None):
@@ -144,13 +194,16 @@ class Llama(nn.Module):
     the tokens fill slots index .. index + T - 1, ``attention_mask`` covers all S slots,
     and the call returns (logits, new cache). ``last_only`` keeps the last position's
     logits [B, 1, V] (a prefill needs no others; the head over every prompt position
-    costs a fifth of the FLOPs and a [B, T, V] float array).
+    costs a fifth of the FLOPs and a [B, T, V] float array). ``gather`` [B, A] keeps the
+    logits [B, A, V] at those positions only (the positions whose prediction is scored).
     """
 
     config: LlamaConfig
+    matmul: str = "float32"
 
     @nn.compact
-    def __call__(self, tokens, attention_mask=None, positions=None, cache=None, index=0, last_only: bool = False):
+    def __call__(self, tokens, attention_mask=None, positions=None, cache=None, index=0, last_only: bool = False,
+                 gather=None):
         c = self.config
         batch, length = tokens.shape
         embed = nn.Embed(c.vocab_size, c.hidden_size, embedding_init=_INIT, name="embed_tokens")
@@ -163,14 +216,25 @@ class Llama(nn.Module):
         mask = causal_mask(c, query_slots, key_slots, attention_mask)
         new_cache = []
         for i in range(c.num_hidden_layers):
-            x, layer_cache = DecoderLayer(c, name=f"layers_{i}")(x, cos, sin, mask,
-                                                                 None if cache is None else cache[i], index)
+            x, layer_cache = DecoderLayer(c, self.matmul, name=f"layers_{i}")(x, cos, sin, mask,
+                                                                              None if cache is None else cache[i], index)
             new_cache.append(layer_cache)
         if last_only:
             x = x[:, -1:]
+        if gather is not None:
+            x = jnp.take_along_axis(x, gather[..., None], axis=1)
         x = RMSNorm(c.rms_norm_eps, name="norm")(x)
-        logits = embed.attend(x) if c.tie_word_embeddings else _dense(c.vocab_size, "lm_head")(x)
+        if c.tie_word_embeddings:
+            logits = matmul_einsum(self.matmul, "bth,vh->btv", x, embed.embedding)
+        else:
+            logits = _dense(c.vocab_size, "lm_head", False, self.matmul)(x)
         return logits if cache is None else (logits, new_cache)
+
+
+def broadcast_cache(cache, batch: int, slots_after: int):
+    """A [1, P, ...] cache per layer (a shared prefix's) as [batch, P + slots_after, ...], zeros after P."""
+    pad = ((0, 0), (0, slots_after), (0, 0), (0, 0))
+    return [tuple(jnp.pad(jnp.broadcast_to(c, (batch,) + c.shape[1:]), pad) for c in kv) for kv in cache]
 
 
 def init_params(config: LlamaConfig, seed: int = 0) -> dict:
@@ -191,14 +255,45 @@ def init_params(config: LlamaConfig, seed: int = 0) -> dict:
 
 
 def apply(config: LlamaConfig, params, tokens, attention_mask=None, positions=None, cache=None, index=0,
-          last_only: bool = False):
+          last_only: bool = False, gather=None, matmul: str = "float32"):
     """Logits [B, T, V] of the model with ``params`` (the inner 'params' dict); (logits, cache) with a cache;
-    [B, 1, V] with ``last_only``."""
-    return Llama(config).apply({"params": params}, tokens, attention_mask, positions, cache, index, last_only)
+    [B, 1, V] with ``last_only``; [B, A, V] at the positions ``gather`` [B, A]. ``matmul``: "float32" or
+    "bfloat16" (bfloat16 operands, float32 accumulation)."""
+    return Llama(config, matmul).apply({"params": params}, tokens, attention_mask, positions, cache, index,
+                                       last_only, gather)
 
 
-forward = jax.jit(apply, static_argnums=0)
-forward.__doc__ = "Jitted :func:`apply` (config is static)."
+forward = jax.jit(apply, static_argnums=0, static_argnames=("last_only", "matmul"))
+forward.__doc__ = "Jitted :func:`apply` (config, last_only and matmul are static)."
+
+# Hugging Face's state-dict order: module registration order in transformers' Llama-family classes.
+_TOP_ORDER = ("embed_tokens", "layers", "norm", "lm_head")
+_LAYER_ORDER = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+_BLOCK_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "gate_proj", "up_proj", "down_proj")
+_LEAF_ORDER = ("embedding", "kernel", "weight", "bias")
+
+
+def _rank(name: str, known: tuple) -> tuple:
+    base, _, number = name.rpartition("_")
+    if base in known and number.isdigit():  # layers_12
+        return (known.index(base), int(number), "")
+    return (known.index(name), 0, "") if name in known else (len(known), 0, name)
+
+
+def checkpoint_order(params) -> tuple[int, ...]:
+    """Leaf indices of ``jax.tree.flatten(params)`` in the checkpoint's own depth order: the embedding,
+    layer 0 .. N-1 (each as Hugging Face's state dict lists it: attention q, k, v, o, its q/k norms, then
+    the MLP's gate, up, down, then the two layer norms), the final norm, the LM head. Names this model does
+    not have come last in each module, alphabetically. For :class:`~m2n2_jax.algorithm.flatten.VectorLayout`."""
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+    def key(index):
+        names = [str(getattr(entry, "key", entry)) for entry in paths[index]]
+        tables = [(_TOP_ORDER, _LAYER_ORDER, _BLOCK_ORDER)[min(depth, 2)] for depth in range(len(names) - 1)]
+        return [_rank(name, table) for name, table in zip(names, tables + [_LEAF_ORDER])]
+
+    keys = [key(i) for i in range(len(paths))]
+    return tuple(sorted(range(len(paths)), key=keys.__getitem__))
 
 
 def num_params(params) -> int:

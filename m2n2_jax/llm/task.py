@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from m2n2_jax.errors import DataError
 from m2n2_jax.tasks.custom import custom_task
 from m2n2_jax.llm import checkpoint
-from m2n2_jax.llm import generate
+from m2n2_jax.llm import model as llama
+from m2n2_jax.llm import scoring
 from m2n2_jax.llm.data import Batch, encode
 from m2n2_jax.llm.text import HFTokenizer, load_tokenizer  # noqa: F401  (HFTokenizer: re-exported)
 
@@ -55,7 +54,7 @@ def read_examples(path: str, limit: int | None = None) -> list[tuple[str, str]]:
 
 
 def exact_match_task(model: str, data: str, test_data: str | None = None, max_examples: int | None = None,
-                     batch_size: int = 64, separator: str = " "):
+                     batch_size: int = 64, separator: str = " ", matmul: str = "auto"):
     """Merge Llama-family checkpoints shaped like the one in ``model`` on the examples of ``data``.
 
     model: a Hugging Face directory (config.json, safetensors, tokenizer.json) or a .gguf file;
@@ -66,6 +65,11 @@ def exact_match_task(model: str, data: str, test_data: str | None = None, max_ex
     batch_size: examples per forward call (bounds memory for long data sets).
     separator: put between prompt and answer when neither has whitespace there (default one space;
         '' joins them as written). Prompt and answer are tokenized together.
+    matmul: "auto" (bfloat16 operands with float32 accumulation where the backend runs them faster: a GPU,
+        TPU or a CPU with AMX / AVX512-BF16; else float32), "float32" or "bfloat16".
+
+    Scoring computes the logits only at answer tokens, batches rows of similar length and runs the prompt
+    prefix all examples share once per child (:mod:`m2n2_jax.llm.scoring`).
     """
     if not (os.path.isdir(model) or (model.lower().endswith(".gguf") and os.path.isfile(model))):
         raise DataError(f"model {model} is neither a directory nor a .gguf file; pass one of the models being "
@@ -76,18 +80,16 @@ def exact_match_task(model: str, data: str, test_data: str | None = None, max_ex
     train = encode(tokenizer, read_examples(data, max_examples))
     test = encode(tokenizer, read_examples(test_data, max_examples)) if test_data else None
 
-    def exact_match(p, batch: Batch):
-        n = len(batch)
-        size = min(batch_size, n)
-        pad = (-n) % size
-        tokens = jnp.asarray(np.concatenate([batch.tokens, batch.tokens[:pad]]))
-        targets = jnp.asarray(np.concatenate([batch.targets, batch.targets[:pad]]))
-        scores = jax.lax.map(lambda tt: generate.answer_scores(config, p, tt[0], tt[1], eos_ids)[0],
-                             (tokens.reshape(-1, size, tokens.shape[1]), targets.reshape(-1, size, targets.shape[1])))
-        return scores.reshape(-1)[:n]
+    def scorer(batch: Batch):
+        plan = scoring.plan_rows(batch.tokens, batch.targets, batch_size)
+        return scoring.exact_match_scorer(config, plan, eos_ids, matmul=matmul)
 
-    metrics = None if test is None else (lambda p: {"test_exact_match": jnp.mean(exact_match(p, test))})
-    return custom_task("llm-exact-match", params, lambda p: exact_match(p, train), metrics,
+    train_scores = scorer(train)
+    test_scores = None if test is None else scorer(test)
+    metrics = None if test is None else (lambda p: {"test_exact_match": jnp.mean(test_scores(p))})
+    return custom_task("llm-exact-match", params, train_scores, metrics,
+                       layout_order=llama.checkpoint_order(params),
                        info={"model": f"{config.model_type} {config.num_hidden_layers} layers, hidden {config.hidden_size}",
                              "data": data, "test_data": test_data,  # as given: results files travel
-                             "train_size": len(train), "test_size": 0 if test is None else len(test)})
+                             "train_size": len(train), "test_size": 0 if test is None else len(test),
+                             "matmul": llama.resolve_matmul(matmul)})

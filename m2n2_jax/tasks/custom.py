@@ -24,7 +24,7 @@ from m2n2_jax.tasks.base import Task, metric_shapes
 
 
 def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Callable | None = None, *,
-                seed_std: float = 0.01, capacity=None, info: dict | None = None) -> Task:
+                seed_std: float = 0.01, capacity=None, info: dict | None = None, layout_order=None) -> Task:
     """A Task over models shaped like ``example_params``.
 
     score_fn(params) -> [N] per-datapoint scores on the data the search sees
@@ -34,8 +34,9 @@ def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Calla
         files and plots (name it e.g. "test_accuracy"). Without it the
         headline is the best member's mean training score.
     seed_std: std of the N(0, seed_std^2) seeds drawn when evolving from scratch.
+    layout_order: the leaves' order in the flat vector (default: :func:`~m2n2_jax.algorithm.flatten.natural_order`).
     """
-    layout = VectorLayout.of(example_params)
+    layout = VectorLayout.of(example_params, order=layout_order)
     shape = jax.eval_shape(score_fn, example_params)
     if not hasattr(shape, "shape") or len(shape.shape) != 1:
         raise ScoreFunctionError(
