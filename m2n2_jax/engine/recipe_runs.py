@@ -34,6 +34,7 @@ def _arrays(archives, keys) -> dict:
     """The fixed-shape part of R recipe archives (what orbax saves as arrays)."""
     return {"keys": np.asarray(keys), "scores": np.stack([np.asarray(a.scores) for a in archives]),
             "capacity": np.stack([np.asarray(a.capacity) for a in archives]),
+            "filled": np.stack([np.asarray(a.members) for a in archives]),
             "evaluated": np.asarray([a.evaluated for a in archives], np.int64),
             "inserted": np.asarray([a.inserted for a in archives], np.int64)}
 
@@ -49,7 +50,8 @@ def _archives_from(arrays: dict, recipes_json: list, adaptive_capacity: bool = F
         rec = tuple(recipes.Recipe(np.asarray(m["bounds"], np.int64), np.asarray(m["coeffs"], np.float64))
                     for m in members)
         out.append(recipes.RecipeArchive(rec, jnp.asarray(arrays["scores"][r]), jnp.asarray(arrays["capacity"][r]),
-                                         int(arrays["evaluated"][r]), int(arrays["inserted"][r]), adaptive_capacity))
+                                         int(arrays["evaluated"][r]), int(arrays["inserted"][r]), adaptive_capacity,
+                                         jnp.asarray(arrays["filled"][r], bool)))
     return out
 
 
