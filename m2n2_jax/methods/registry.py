@@ -259,10 +259,8 @@ def _run_engine(spec, config, task, seed_models, seeds, forward_passes, log_ever
 def _run_recipes(spec, config, task, seed_models, seeds, forward_passes, log_every, scoring_dtype, options):
     from m2n2_jax.engine.recipe_runs import merge
 
-    identity = {"config": config.to_dict(), "task": task.name, "seeds": list(seeds),
-                "forward_passes": forward_passes, "archive": "recipes", **(options.identity_extra or {})}
     res = merge(config, task, seed_models, seeds, forward_passes, log_every=log_every, options=options,
-                identity=identity, scoring_dtype=scoring_dtype)
+                scoring_dtype=scoring_dtype)
     return dataclasses.replace(res, method=spec.name)
 
 
