@@ -10,8 +10,12 @@ Pure functions on one archive: ``scores`` is [P, N] (model i on datapoint j),
 
 With ``subtract_worst`` (the paper's diffusion protocol for continuous
 scores) S is first replaced by S[i, j] - min over the archive's members of
-S[., j], so only what a member does better than the worst one counts; empty
-slots take no part (``filled`` marks the members) and are replaced first.
+S[., j], so only what a member does better than the worst one counts.
+
+Empty slots (``filled`` marks the members) are never drawn as parents and are
+the first to be replaced, whatever the scores: with all-zero or negative
+scores a member can be as unfit as an empty slot, and must still not be lost
+to it (nor an empty slot reported or used as a parent).
 """
 from __future__ import annotations
 
@@ -117,9 +121,10 @@ def insert(params, scores, child, child_scores, capacity, alpha, adaptive_capaci
     ``adaptive_capacity`` the capacity is :func:`archive_capacity` of the P
     members plus the child (``capacity`` is then ignored). With
     ``subtract_worst`` fitness uses :func:`shift_by_worst` over the members
-    ``filled`` [P] plus the child (a worthless child is left out), the
-    capacity is taken after the shift, and an empty slot is always the one
-    replaced first.
+    ``filled`` [P] plus the child (a worthless child is left out) and the
+    capacity is taken after the shift. Given ``filled``, an empty slot is
+    always the one replaced first (the lowest empty slot); without it every
+    slot counts as a member (the authors' rule).
 
     Returns (params, scores, inserted, slot).
     """
@@ -138,6 +143,8 @@ def insert(params, scores, child, child_scores, capacity, alpha, adaptive_capaci
             capacity = archive_capacity(extended)
         fitness = niche_fitness(extended, capacity, alpha)
         fitness = fitness.at[size].set(jnp.where(valid, fitness[size], -jnp.inf))
+        if filled is not None:  # an empty slot goes first, even before a member of fitness 0
+            fitness = jnp.where(jnp.append(jnp.asarray(filled, bool), True), fitness, -jnp.inf)
     worst = jnp.argmin(fitness)
     inserted = (worst < size) & valid
     slot = jnp.minimum(worst, size - 1)

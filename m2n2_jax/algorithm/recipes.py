@@ -174,7 +174,11 @@ def crossover(bank: SeedBank, x: Recipe, y: Recipe, split: int, w: float, use_sp
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RecipeArchive:
-    """The archive of one run: P recipes and their scores [P, N] (as ArchiveState)."""
+    """The archive of one run: P recipes, their scores [P, N] and which slots are filled [P] (as ArchiveState).
+
+    An empty slot holds the zero recipe with zero scores; it is never drawn as a
+    parent nor reported, and is the first to be replaced.
+    """
 
     recipes: tuple
     scores: jax.Array
@@ -182,10 +186,16 @@ class RecipeArchive:
     evaluated: int = 0
     inserted: int = 0
     adaptive_capacity: bool = False  # c_j = best score any member reaches (continuous scores)
+    filled: jax.Array | None = None  # [P] bool; None: every slot holds a member
+
+    @property
+    def members(self) -> jax.Array:
+        return jnp.ones(len(self.recipes), bool) if self.filled is None else jnp.asarray(self.filled, bool)
 
     @property
     def best_index(self) -> int:
-        return int(jnp.argmax(jnp.mean(self.scores, axis=1)))
+        """The filled member with the highest mean score (the lowest slot on ties)."""
+        return int(strategy.best_filled(self.scores, self.members))
 
     @property
     def nbytes(self) -> int:
@@ -222,7 +232,7 @@ def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None,
     capacity = jnp.ones((num_points,), jnp.float32) if capacity is None else jnp.asarray(capacity, jnp.float32)
     empty = zero_recipe(bank.num_seeds, bank.size)
     archive = RecipeArchive((empty,) * config.archive_size, jnp.zeros((config.archive_size, num_points)), capacity,
-                            adaptive_capacity=adaptive_capacity)
+                            adaptive_capacity=adaptive_capacity, filled=jnp.zeros(config.archive_size, bool))
     seeds = [seed_recipe(k, bank.num_seeds, bank.size) for k in range(bank.num_seeds)]
     return dataclasses.replace(tell(config, archive, seeds, seed_scores), evaluated=0)
 
@@ -241,7 +251,8 @@ def draw_split(key, size: int, use_split_point: bool):
 
 def make_child(config: M2N2Config, bank: SeedBank, archive: RecipeArchive, keys) -> Recipe:
     a, b = _select(keys[0], archive.scores, archive.capacity, config.alpha,
-                   use_attraction=config.use_attraction, reference=config.key_order == "reference")
+                   use_attraction=config.use_attraction, reference=config.key_order == "reference",
+                   filled=archive.members)
     x, y = archive.recipes[int(a)], archive.recipes[int(b)]
     if not config.use_crossover:
         return x
@@ -261,19 +272,21 @@ def tell(config: M2N2Config, archive: RecipeArchive, children, scores) -> Recipe
     """Insert evaluated recipes one after another (niches.insert decides the slot)."""
     scores = strategy.check_scores(scores, len(children), archive.scores.shape[1])
     recipes, archive_scores, inserted = list(archive.recipes), archive.scores, archive.inserted
+    filled = np.asarray(archive.members).copy()
     slots = jnp.arange(len(recipes), dtype=jnp.float32)[:, None]
     capacity = archive.capacity
     for child, child_scores in zip(children, scores):
         finite = jnp.asarray([0.0 if np.all(np.isfinite(child.coeffs)) else np.nan])
         _, archive_scores, ok, slot = _insert(slots, archive_scores, finite, child_scores,
-                                              capacity, config.alpha, archive.adaptive_capacity)
+                                              capacity, config.alpha, archive.adaptive_capacity, filled=filled)
         if bool(ok):
             recipes[int(slot)] = child
+            filled[int(slot)] = True
             inserted += 1
     if archive.adaptive_capacity:
         capacity = niches.archive_capacity(archive_scores)
     return RecipeArchive(tuple(recipes), archive_scores, capacity,
-                         archive.evaluated + len(children), inserted, archive.adaptive_capacity)
+                         archive.evaluated + len(children), inserted, archive.adaptive_capacity, jnp.asarray(filled))
 
 
 def archive_memory(bank: SeedBank, archive: RecipeArchive, working_copies: int = 1) -> dict:

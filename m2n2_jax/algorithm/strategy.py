@@ -53,8 +53,8 @@ class ArchiveState:
     capacity: [N] capacity c_j of each datapoint (under "archive-max", the
         archive's best scores, updated by every tell; after the shift when the
         config subtracts the worst score).
-    filled: [P] which slots hold a model (competition ignores empty slots only
-        when the config subtracts the worst score).
+    filled: [P] which slots hold a model: empty slots are never drawn as
+        parents nor reported, and are replaced first.
     evaluated: children told so far (forward passes).
     inserted: children that entered the archive.
     key: the run's key in reference order (unused in engine order).
@@ -73,12 +73,14 @@ class ArchiveState:
 
     @property
     def best_index(self) -> jax.Array:
-        """The first member with the highest mean score (the reported model; only
-        members count when the worst score is subtracted, whatever the scores' sign)."""
-        mean = jnp.mean(self.scores, axis=1)
-        if self.subtract_worst:
-            mean = jnp.where(self.filled, mean, -jnp.inf)
-        return jnp.argmax(mean)
+        """The member with the highest mean score (the reported model); ties go to the
+        lowest slot index among filled slots. Empty slots never count, whatever the scores' sign."""
+        return best_filled(self.scores, self.filled)
+
+
+def best_filled(scores, filled) -> jax.Array:
+    """Index of the filled row of ``scores`` [P, N] with the highest mean (the lowest such index on ties)."""
+    return jnp.argmax(jnp.where(filled, jnp.mean(scores, axis=1), -jnp.inf))
 
 
 def check_scores(scores, num_children: int, num_datapoints: int | None) -> jax.Array:
@@ -119,7 +121,7 @@ def _competition(state: ArchiveState):
 def _make_child(config: M2N2Config, state: ArchiveState, params: M2N2Params, keys) -> jax.Array:
     """One child from keys [3]: select parents, cross them over, mutate."""
     a, b = niches.select_parents(keys[0], *_competition(state), params.alpha, config.use_attraction,
-                                 reference=config.reference, filled=state.filled if state.subtract_worst else None)
+                                 reference=config.reference, filled=state.filled)
     x, y = state.params[a], state.params[b]
     if not config.use_crossover:
         child = x

@@ -24,6 +24,7 @@ import numpy as np
 from m2n2_jax.engine import distributed
 from m2n2_jax.engine.budget import Plan
 from m2n2_jax.engine.checkpoint import RunCheckpointer
+from m2n2_jax.engine.identity import check as check_identity
 from m2n2_jax.errors import ConfigError, M2N2Error
 
 
@@ -117,26 +118,6 @@ class Saved:
     arrays: Callable[[Any], Any] = lambda state: state
     meta: Callable[[Any], dict] = lambda state: {}
     rebuild: Callable[[Any, dict, Any], Any] = lambda arrays, meta, like: jax.tree.map(jax.numpy.asarray, arrays)
-
-
-def differing_fields(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields on which two identities differ."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differing_fields(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key} (checkpoint {a!r}, now {b!r})")
-    return out
-
-
-def check_identity(saved: dict, current: dict) -> None:
-    """Refuse, naming the fields, to resume a checkpoint made with other settings."""
-    diff = differing_fields(saved, current)
-    if diff:
-        raise ConfigError("the checkpoint was made with different settings: " + "; ".join(diff) +
-                          ". Resume with the original settings, or start a new run in another --out.")
 
 
 def latest_meta(directory: str, identity: dict) -> dict:
@@ -354,10 +335,3 @@ def drive_steps(state, step: Callable, log: Callable, plan: Plan, options: RunOp
     chunk = compile_chunk(step, log, donate=options.checkpointing.directory is None)
     return drive(state, chunk, jax.jit(log), plan, options, identity=identity, runs=runs, start=start,
                  step_offset=step_offset, saved=saved)
-
-
-def baseline_identity(config: dict, task, seeds, forward_passes: int, log_every: int | None,
-                      extra: dict | None = None) -> dict:
-    """What a baseline's checkpoint must agree on to be resumed (JSON-serialisable)."""
-    return {"config": config, "task": task.name, "seeds": [int(s) for s in seeds],
-            "forward_passes": int(forward_passes), "log_every": log_every, **(extra or {})}

@@ -19,20 +19,13 @@ import numpy as np
 from m2n2_jax.engine import distributed
 from m2n2_jax.engine import runner
 from m2n2_jax.engine.devices import default_eval_batch_size, device_mesh
-from m2n2_jax.engine.budget import Plan, plan_budget
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.identity import run_identity
 from m2n2_jax.engine.chunk_loop import Interrupted, RunOptions, RunResult, drive  # noqa: F401 (re-exported)
 from m2n2_jax.algorithm.config import M2N2Config
 from m2n2_jax.algorithm.flatten import check_finite_seeds
 from m2n2_jax.errors import ConfigError, SeedModelError
 from m2n2_jax.tasks.base import Task
-
-
-def run_identity(config: M2N2Config, task: Task, seeds, plan: Plan, seed_models, extra: dict | None = None) -> dict:
-    """What a checkpoint must agree on to be resumed (JSON-serialisable)."""
-    return {"config": config.to_dict(), "task": task.name, "seeds": [int(s) for s in seeds],
-            "forward_passes": int(plan.forward_passes), "log_every": int(plan.log_every),
-            "init": "random" if seed_models is None else "given seed models",
-            **(extra or {})}
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -71,10 +64,10 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     plan = plan_budget(forward_passes, batch, log_every)
     eval_batch_size = options.eval_batch_size or default_eval_batch_size(len(seeds) * batch)
     mesh = device_mesh(options.devices, len(seeds), batch)
-    identity = run_identity(config, task, seeds, plan, seed_models, options.identity_extra)
-
     start = time.perf_counter()
     state = runner.init_runs(config, task, seeds, seed_models)
+    identity = run_identity(config.to_dict(), task, seeds, plan.forward_passes, plan.log_every, seed_models,
+                            options.identity_extra, start_scores=state.archive.scores)
     distributed.check_agreement(distributed.run_digests(identity, task, seed_models))  # multi-host: one line if they differ
     distributed.started()
     chunk = runner.make_chunk(config, task, plan.steps_per_log, eval_batch_size, mesh=mesh)

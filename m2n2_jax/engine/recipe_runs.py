@@ -26,6 +26,7 @@ from m2n2_jax.engine import recipe_scoring
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.engine.budget import plan_budget
 from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, drive
+from m2n2_jax.engine.identity import run_identity
 from m2n2_jax.algorithm.config import M2N2Config
 from m2n2_jax.tasks.base import Task
 
@@ -34,6 +35,7 @@ def _arrays(archives, keys) -> dict:
     """The fixed-shape part of R recipe archives (what orbax saves as arrays)."""
     return {"keys": np.asarray(keys), "scores": np.stack([np.asarray(a.scores) for a in archives]),
             "capacity": np.stack([np.asarray(a.capacity) for a in archives]),
+            "filled": np.stack([np.asarray(a.members) for a in archives]),
             "evaluated": np.asarray([a.evaluated for a in archives], np.int64),
             "inserted": np.asarray([a.inserted for a in archives], np.int64)}
 
@@ -49,7 +51,8 @@ def _archives_from(arrays: dict, recipes_json: list, adaptive_capacity: bool = F
         rec = tuple(recipes.Recipe(np.asarray(m["bounds"], np.int64), np.asarray(m["coeffs"], np.float64))
                     for m in members)
         out.append(recipes.RecipeArchive(rec, jnp.asarray(arrays["scores"][r]), jnp.asarray(arrays["capacity"][r]),
-                                         int(arrays["evaluated"][r]), int(arrays["inserted"][r]), adaptive_capacity))
+                                         int(arrays["evaluated"][r]), int(arrays["inserted"][r]), adaptive_capacity,
+                                         jnp.asarray(arrays["filled"][r], bool)))
     return out
 
 
@@ -76,7 +79,7 @@ SAVED = Saved(arrays=lambda state: state.arrays, meta=lambda state: {"recipes": 
 
 
 def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: int, *, log_every: int | None = None,
-          options: RunOptions = RunOptions(), identity: dict | None = None, scoring_dtype: str = "float32") -> RunResult:
+          options: RunOptions = RunOptions(), scoring_dtype: str = "float32") -> RunResult:
     """R = len(seeds) M2N2 runs over recipe archives of the input models ``seed_vectors`` [K, D].
 
     options: progress and checkpoints; every log interval is a chunk of its own (each
@@ -92,8 +95,9 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
     bank = recipes.SeedBank.build(np.asarray(seed_vectors, np.float32))
     local = None if options.devices is None else [d for d in options.devices if d.process_index == jax.process_index()]
     scorer = recipe_scoring.ChildScorer(bank, task.score_vector, local or None, scoring_dtype)
+    settings = dict(options.identity_extra or {})
     if scoring_dtype != "float32":  # other arithmetic: a checkpoint must not be resumed across it
-        identity = {**(identity or {}), "scoring_dtype": scoring_dtype}
+        settings["scoring_dtype"] = scoring_dtype
     metrics = jax.jit(task.metrics)
     buffer = np.empty(bank.size, np.float32)
 
@@ -133,14 +137,16 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
     start = time.perf_counter()
     seed_scores = jnp.asarray(scorer([recipes.seed_recipe(k, bank.num_seeds, bank.size)
                                       for k in range(bank.num_seeds)]))
+    identity = run_identity(config.to_dict(), task, seeds, forward_passes, plan.log_every, seed_vectors, settings,
+                            archive="recipes", start_scores=seed_scores)
     first = recipes.init(config, bank, seed_scores, task.capacity)
     state = _State([first] * len(seeds), np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
     first_log = {k: np.asarray([v] * len(seeds), np.float32) for k, v in logged_metrics(first).items()}
-    distributed.check_agreement(distributed.run_digests(identity or {"seeds": seeds}, task, seed_vectors))
+    distributed.check_agreement(distributed.run_digests(identity, task, seed_vectors))
     distributed.started()  # multi-host: processes agree on settings, seeds, models and data
     # host steps gain nothing from long chunks: return to the loop (progress, saves) after every log
     options = options.replace(chunk_forward_passes=plan.log_every)
-    out = drive(state, chunk, lambda _state: first_log, plan, options, identity=identity or {}, runs=len(seeds), start=start,
+    out = drive(state, chunk, lambda _state: first_log, plan, options, identity=identity, runs=len(seeds), start=start,
                 saved=SAVED, headline=task.headline_metric)
     best = np.stack([bank.materialise(a.recipes[a.best_index]) for a in out.state.archives])
     memory = recipes.archive_memory(bank, out.state.archives[0])

@@ -7,6 +7,7 @@ best_models.npz. Each writer returns the one-line summary the command prints.
 from __future__ import annotations
 
 import os
+import sys
 import resource
 
 import numpy as np
@@ -49,9 +50,8 @@ def write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, see
     method = settings["method"]
     headline = task.headline_metric
     inputs = merge_models.describe_models(task, vectors)
-    final_train = np.asarray(res.metrics["best_train_score"])[:, -1]
-    best = merge_models.best_run(final_train)
     merged_rows = merge_models.describe_models(task, res.best)
+    best = merge_models.best_run([row["train_score"] for row in merged_rows])  # the models written, not the curves
     merged_file = model_files.save_model(model_files.merged_path(out, paths[0]), res.best[best], task.layout,
                                          like=paths[0])
     record = results.results_record(
@@ -77,6 +77,9 @@ def write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, see
     if settings["archive"] == "dense":  # with recipes the models may be huge: only the merge is written
         np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best, seeds=np.asarray(seeds))
     best_input = max(range(len(paths)), key=lambda i: inputs[i]["train_score"])
+    kept = res.extra.get("reported", [{}] * len(seeds))[best]
+    if kept.get("model", "merge") != "merge":
+        print(f"m2n2 merge: {kept['why']}; {merged_file} is {paths[kept['best_input']]}.", file=sys.stderr)
     return (f"merged: train score {merged_rows[best]['train_score']:.4f} (best input "
             f"{inputs[best_input]['train_score']:.4f})"
             + (f", {headline.replace('_', ' ')} {merged_rows[best][headline]:.4f} (inputs "

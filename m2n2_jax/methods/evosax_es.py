@@ -30,7 +30,8 @@ from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 
 from m2n2_jax.engine.devices import evaluate
 from m2n2_jax.engine.budget import plan_budget
-from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, baseline_identity, drive_steps, latest_meta
+from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, drive_steps, latest_meta
+from m2n2_jax.engine.identity import run_identity
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.methods.es_strategies import POPULATION, START_STD, STRATEGIES, ESSpec
 from m2n2_jax.tasks.base import Task
@@ -206,7 +207,7 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
     log = make_log(task, spec.batched)
     if spec.batched:
         state = jax.jit(jax.vmap(lambda s: init_run(es, params, spec, task, s)))(jnp.asarray(seeds, jnp.uint32))
-        identity = baseline_identity(config, task, seeds, forward_passes, log_every, options.identity_extra)
+        identity = run_identity(config, task, seeds, forward_passes, log_every, None, options.identity_extra)
         out = drive_steps(state, step, log, plan, options, identity=identity, runs=len(seeds), start=start)
         best = np.asarray(out.state.es.best_solution)
         return RunResult(method, seeds, out.forward_passes, out.metrics, out.wall_seconds, config, best,
@@ -214,7 +215,7 @@ def run_es(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *
     # Full CMA-ES: one run at a time (a D x D state each; lax.cond stays a real branch). Checkpoints of
     # all runs share one directory: steps run_index * budget + fp, the finished runs' curves and best
     # models in the JSON item, and only the newest two kept (each holds D x D matrices).
-    identity = baseline_identity(config, task, seeds, forward_passes, log_every, options.identity_extra)
+    identity = run_identity(config, task, seeds, forward_passes, log_every, None, options.identity_extra)
     done_runs, start_index, resume_logs = _finished_full_cma_runs(options, identity)
     per_run = [{k: np.asarray(v, np.float32) for k, v in m.items()} for m in done_runs["metrics"]]
     bests = [np.asarray(b, np.float32) for b in done_runs["best"]]

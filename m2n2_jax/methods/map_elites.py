@@ -34,7 +34,8 @@ from m2n2_jax.engine.runner import run_start
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.tasks.base import Task
 from m2n2_jax.engine.budget import plan_budget
-from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, baseline_identity, drive_steps
+from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, drive_steps
+from m2n2_jax.engine.identity import run_identity
 
 BINS = 10
 
@@ -209,7 +210,7 @@ def run_map_elites(task: Task, seeds: Sequence[int], forward_passes: int, *, mut
               "crossover": "SLERP with a random split point", "mutation_std": mutation_std,
               "noise": noise, "key_order": key_order,
               "init": "pretrained" if seed_models is not None else "scratch"}
-    identity = baseline_identity(config, task, seeds, forward_passes, log_every, options.identity_extra)
+    identity = run_identity(config, task, seeds, forward_passes, log_every, seed_models, options.identity_extra)
     step = make_step(task, mutation_std, eval_batch_size, bins, key_order, noise)
     out = drive_steps(states, step, make_log(task), plan, options, identity=identity, runs=len(seeds), start=start)
     best = np.asarray(jax.vmap(lambda s: s.params[s.best_index])(out.state))

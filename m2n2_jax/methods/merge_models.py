@@ -8,12 +8,12 @@ way, so the inputs and the merge sit in one table.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from m2n2_jax.engine import identity
 from m2n2_jax.errors import SeedModelError
 from m2n2_jax.tasks.base import Task
 
@@ -27,9 +27,7 @@ def with_seed_models(task: Task, vectors) -> Task:
     return dataclasses.replace(task, pretrained_seeds=lambda: vectors)
 
 
-def fingerprint(vectors) -> str:
-    """SHA-256 of the stacked models, so a resume with other model files is refused."""
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(vectors, np.float32)).tobytes()).hexdigest()
+fingerprint = identity.fingerprint  # SHA-256 of the stacked models, so a resume with other model files is refused
 
 
 def describe_models(task: Task, vectors) -> list[dict]:

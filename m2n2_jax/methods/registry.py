@@ -160,8 +160,24 @@ def seed_models_for(task: Task, init: str):
 
 
 def prepare(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *, init: str = "scratch",
-            log_every: int | None = None, archive: str = "dense", scoring_dtype: str = "float32",
-            **settings) -> Callable[[RunOptions], RunResult]:
+            **rest) -> Callable[[RunOptions], RunResult]:
+    """Check a request once and return ``run(options) -> RunResult`` (see :func:`_prepare_run`).
+
+    Merging given models (``init="pretrained"``), a run whose model does not beat the best
+    input reports that input unchanged (:mod:`m2n2_jax.engine.best_input`).
+    """
+    run = _prepare_run(method, task, seeds, forward_passes, init=init, **rest)
+    if init != "pretrained":
+        return run
+    from m2n2_jax.engine.best_input import keep_best_input
+
+    inputs = seed_models_for(task, init)
+    return lambda options: keep_best_input(run(options), task, inputs)
+
+
+def _prepare_run(method: str, task: Task, seeds: Sequence[int], forward_passes: int, *, init: str = "scratch",
+                 log_every: int | None = None, archive: str = "dense", scoring_dtype: str = "float32",
+                 **settings) -> Callable[[RunOptions], RunResult]:
     """Check a request once and return ``run(options) -> RunResult``.
 
     settings: algorithm options (batch, archive_size, alpha, mutation_std, noise,
@@ -223,10 +239,8 @@ def _run_engine(spec, config, task, seed_models, seeds, forward_passes, log_ever
 
 
 def _run_recipes(spec, config, task, seed_models, seeds, forward_passes, log_every, scoring_dtype, options):
-    identity = {"config": config.to_dict(), "task": task.name, "seeds": list(seeds),
-                "forward_passes": forward_passes, "archive": "recipes", **(options.identity_extra or {})}
     res = recipe_runs.merge(config, task, seed_models, seeds, forward_passes, log_every=log_every, options=options,
-                identity=identity, scoring_dtype=scoring_dtype)
+                            scoring_dtype=scoring_dtype)
     return dataclasses.replace(res, method=spec.name)
 
 
