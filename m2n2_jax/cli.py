@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("models", nargs="*", metavar="MODEL",
                     help="two or more model files: .npy / .npz (flat vector, FILE.npz@INDEX of a stack, or one "
                          "array per parameter path), .msgpack (flax.serialization) or an orbax checkpoint directory")
+    mg.add_argument("--config", metavar="FILE.yml", help="a mergekit YAML (merge_method, base_model, models, "
+                    "parameters, dtype, ...): runs that merge into --out; merge_method m2n2 runs M2N2 with the "
+                    "YAML's parameters (see README, 'mergekit YAML')")
     mg.add_argument("--task", help=f"what to score the models on: {', '.join(TASKS)} (default digits), "
                                    "llm-exact-match (Llama directories; --task-arg data=FILE.jsonl "
                                    "[test_data=FILE.jsonl]) or a plugin module:function / path/to/file.py:function "
@@ -342,6 +345,11 @@ def cmd_merge(args) -> int:
     from m2n2_jax.methods import registry as methods
     from m2n2_jax.io import model_files
 
+    if args.config:  # a mergekit YAML: a classic merge runs here; M2N2 comes back as this command's arguments
+        from m2n2_jax.methods import mergekit_config
+
+        argv = mergekit_config.merge_from_config(args.config, args.out)
+        return 0 if argv is None else main(["merge", *argv])
     settings = resolve_settings(args, MERGE_DEFAULTS)
     paths = settings["models"] or []
     if len(paths) < 2:
