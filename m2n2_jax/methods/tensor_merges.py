@@ -146,11 +146,17 @@ def _sparsify_mask(sparsifier, delta, density, params, rng):
 
 
 def linear(tensors, per_model: list, shared: dict, rounding: Rounding):
-    """mergekit ``linear``: sum_k w_k theta_k (in float32), divided by sum_k w_k when ``normalize``."""
+    """mergekit ``linear``: sum_k w_k theta_k (in float32), divided by sum_k w_k when ``normalize``.
+
+    Each step is one fused multiply-add, as torch's ``addcmul_`` on a CPU (a
+    float32 product is exact in float64, so rounding the float64 sum once
+    gives the fused result).
+    """
     weights = [float(p["weight"]) for p in per_model]
     out = np.zeros(np.shape(tensors[0]), np.float64 if rounding.work == np.float64 else np.float32)
     for tensor, w in zip(tensors, weights):
-        out += np.asarray(tensor, out.dtype) * out.dtype.type(w)
+        product = np.asarray(tensor, np.float64) * np.float64(out.dtype.type(w))
+        out = (out.astype(np.float64) + product).astype(out.dtype)
     if shared.get("normalize", True):
         out /= out.dtype.type(sum(out.dtype.type(w) for w in weights))
     return rounding(out)

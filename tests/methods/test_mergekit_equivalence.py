@@ -129,10 +129,13 @@ dtype: float32
 }
 
 
+BIT_IDENTICAL = {"linear", "task_arithmetic", "ties", "ties_unnormalized", "breadcrumbs", "breadcrumbs_ties"}
+
+
 @pytest.mark.parametrize("method", sorted(DETERMINISTIC))
 def test_deterministic_methods_match_mergekit(models, method):
     ours, theirs = both(models, DETERMINISTIC[method], method)
-    assert_close(ours, theirs)
+    assert_close(ours, theirs, rel=0 if method in BIT_IDENTICAL else 1e-6)
 
 
 @pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
