@@ -63,10 +63,24 @@ def outlier_mask(delta, density: float, gamma: float) -> np.ndarray:
     n = flat.size
     target, top = int(density * n), int(gamma * n)
     bottom = max(0, n - target - top)
-    order = np.argsort(flat, kind="stable")                   # ascending; equal magnitudes by index
-    mask = np.zeros(n, bool)
-    mask[order[bottom:bottom + target]] = True
-    return mask.reshape(delta.shape)
+    return _rank_window(flat, bottom, bottom + target).reshape(delta.shape)
+
+
+def _rank_window(flat, start: int, stop: int) -> np.ndarray:
+    """Mask of the entries whose rank in ascending order (equal values by index) lies in [start, stop).
+
+    Two partitions instead of a sort: O(n), the same entries as a stable argsort.
+    """
+    mask = np.zeros(flat.size, bool)
+    if stop <= start:
+        return mask
+    low, high = np.partition(flat, [start, stop - 1])[[start, stop - 1]]
+    mask[(flat > low) & (flat < high)] = True
+    for value in {float(low), float(high)}:
+        tied = np.flatnonzero(flat == value)
+        rank = int(np.count_nonzero(flat < value)) + np.arange(tied.size)
+        mask[tied[(rank >= start) & (rank < stop)]] = True
+    return mask
 
 
 def della_keep_probabilities(delta, density: float, epsilon: float) -> np.ndarray:

@@ -99,3 +99,15 @@ def test_random_methods_are_reproducible(toy):
     outs = [mc.run_merge(mc.parse(text), str(tmp / f"r{i}")) and mc.Checkpoint(str(tmp / f"r{i}")) for i in range(2)]
     for name in NAMES:
         np.testing.assert_array_equal(outs[0].get(name), outs[1].get(name))
+
+
+def test_outlier_mask_equals_a_stable_sort_window():
+    rng = np.random.default_rng(5)
+    for n, density, gamma in [(1000, 0.5, 0.01), (37, 0.3, 0.1), (200, 0.9, 0.2), (50, 0.02, 0.0)]:
+        delta = rng.integers(-4, 5, size=n).astype(np.float32)          # many equal magnitudes
+        order = np.argsort(np.abs(delta), kind="stable")
+        target, top = int(density * n), int(gamma * n)
+        bottom = max(0, n - target - top)
+        want = np.zeros(n, bool)
+        want[order[bottom:bottom + target]] = True
+        np.testing.assert_array_equal(tm.outlier_mask(delta, density, gamma), want)
