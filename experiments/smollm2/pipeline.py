@@ -181,16 +181,16 @@ def classic_merge(name: str, base, seeds, tensor_ids, s: Settings):
     if name == "slerp":
         return classic_merges.slerp(seeds[0], seeds[1], 0.5, tensor_ids), {"t": 0.5}
     if name == "task-arithmetic":
-        return classic_merges.task_arithmetic(base, seeds, 1.0), {"lambda": 1.0, "weights": [1, 1]}
+        return classic_merges.task_arithmetic(base, seeds, 1.0, weights=[1, 1]), {"lambda": 1.0, "weights": [1, 1]}
     if name == "ties":  # tensor by tensor: the library's one sort over all 135M coordinates needs > 12 GB
         bounds = np.concatenate([[0], np.cumsum(np.bincount(np.asarray(tensor_ids)))])
         parts = [np.asarray(classic_merges.ties(base[a:b], seeds[:, a:b], jnp.zeros(b - a, jnp.int32), density=d,
-                                                num_tensors=1)) for a, b in zip(bounds[:-1], bounds[1:])]
+                                                weights=[1, 1], num_tensors=1)) for a, b in zip(bounds[:-1], bounds[1:])]
         return np.concatenate(parts), {"density": d, "weights": [1, 1]}
     if name in ("dare-linear", "dare-ties"):
         masks = classic_merges.dare_keep_masks(jax.random.PRNGKey(s.seed), 2, seeds.shape[1], d)
         merge = classic_merges.dare_linear if name == "dare-linear" else classic_merges.dare_ties
-        return merge(base, seeds, tensor_ids, masks), {"density": d, "weights": [1, 1]}
+        return merge(base, seeds, tensor_ids, masks, weights=[1, 1]), {"density": d, "weights": [1, 1]}
     if name == "model-stock":
         return classic_merges.model_stock(base, seeds, tensor_ids), {}
     raise ConfigError(f"unknown classic merge {name!r}; use one of {', '.join(CLASSIC)}.")

@@ -15,14 +15,14 @@ import numpy as np
 
 import m2n2_jax.llm  # noqa: F401 (registers the Hugging Face and GGUF model files with io.model_files)
 from m2n2_jax.algorithm.flatten import check_finite_seeds
-from m2n2_jax.cli.options import MergeSettings, add_run_control, add_settings
+from m2n2_jax.cli.options import MergeSettings, OneLineParser, add_run_control, add_settings
 from m2n2_jax.cli.running import resolve, run_options, task_of
 from m2n2_jax.engine import distributed
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.io import model_files
 from m2n2_jax.io.run_dirs import prepare_output_dir
 from m2n2_jax.io.run_outputs import write_merge_outputs
-from m2n2_jax.methods import merge_models
+from m2n2_jax.methods import merge_models, mergekit_config
 from m2n2_jax.methods import registry as methods
 from m2n2_jax.tasks import TASKS
 
@@ -33,10 +33,27 @@ def add_parser(sub) -> None:
     add_settings(parser, MergeSettings, methods=", ".join(methods.names(lambda m: m.merges)),
                  tasks=", ".join(TASKS) + ", llm-exact-match (Llama directories; --task-arg data=FILE.jsonl "
                                           "[test_data=FILE.jsonl])")
+    parser.add_argument("--config", metavar="FILE.yml", help="a mergekit YAML (merge_method, base_model, models, "
+                        "parameters, dtype, ...): runs that merge into --out; merge_method m2n2 runs M2N2 with the "
+                        "YAML's parameters (see README, 'mergekit YAML')")
     add_run_control(parser, default_out="runs/merge-TASK", checkpoint_every=2000)
 
 
+def _merge_arguments(argv: list[str]):
+    """Parse ``m2n2 merge`` arguments (what a mergekit YAML with merge_method m2n2 stands for)."""
+    parser = OneLineParser(prog="m2n2")
+    add_parser(parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser))
+    args = parser.parse_args(["merge", *argv])
+    args.argv = ["merge", *argv]
+    return args
+
+
 def run(args) -> int:
+    if args.config:  # a mergekit YAML: a classic merge runs here; M2N2 comes back as this command's arguments
+        argv = mergekit_config.merge_from_config(args.config, args.out)
+        if argv is None:
+            return 0
+        args = _merge_arguments(argv)
     settings = resolve(args, MergeSettings)
     paths = settings["models"] or []
     if len(paths) < 2:

@@ -154,7 +154,7 @@ def test_pipeline_ties_tensor_by_tensor_equals_the_library_on_the_whole_vector()
     base = jnp.asarray(rng.normal(size=24), jnp.float32)
     seeds = jnp.asarray(rng.normal(size=(2, 24)), jnp.float32)
     got, info = pipeline.classic_merge("ties", base, seeds, ids, pipeline.Settings())
-    want = classic_merges.ties(base, seeds, ids, density=0.5)
+    want = classic_merges.ties(base, seeds, ids, density=0.5, weights=[1, 1])
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert info["density"] == 0.5
 
