@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--matmul-precision", choices=("float32", "bfloat16"),
                     help="built-in tasks: precision of the scoring matmuls (default float32)")
     mg.add_argument("--data-dir", help="mnist/fashion-mnist data directory")
+    mg.add_argument("--out-format", choices=("hf", "gguf"),
+                    help="language models: write merged.gguf (gguf) or a Hugging Face directory merged/ (hf; the "
+                         "default); GGUF keeps the first input's metadata and tokenizer")
+    mg.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"),
+                    help="--out-format gguf: type of the weight matrices (default f32: the merge exactly)")
     _add_output_options(mg, default_out="runs/merge-TASK", checkpoint_every=2000)
     _add_distributed_options(mg)
     mg.add_argument("--cpu-devices", type=_positive_int, help="on a CPU, expose N devices (default one per core)")
@@ -349,6 +354,7 @@ def cmd_merge(args) -> int:
                           "e.g. m2n2 merge a.msgpack b.msgpack --task digits --out runs/merged.")
     method = settings["method"]
     methods.check(method, "pretrained", num_models=len(paths), archive=settings["archive"])
+    model_files.check_out_format(paths[0], args.out_format, args.gguf_type)
     task = _task_of(settings, args, first_model=paths[0])
     vectors = np.stack([model_files.load_model(p, task.layout) for p in paths])
     from m2n2_jax.algorithm.flatten import check_finite_seeds
@@ -372,11 +378,12 @@ def cmd_merge(args) -> int:
                                     f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
     res = run(run_options(args, out, settings, method, extra={"models_sha256": merge_models.fingerprint(vectors)}))
     if distributed.is_main():  # multi-host: process 0 writes
-        _write_merge_outputs(out, paths, settings, task, vectors, res, seeds)
+        _write_merge_outputs(out, paths, settings, task, vectors, res, seeds, args.out_format, args.gguf_type)
     return 0
 
 
-def _write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, seeds) -> None:
+def _write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, seeds, out_format=None,
+                         gguf_type=None) -> None:
     """merged.EXT, results.json, curves.png, table.md (and best_models.npz for dense archives)."""
     import numpy as np
 
@@ -390,8 +397,8 @@ def _write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, se
     final_train = np.asarray(res.metrics["best_train_score"])[:, -1]
     best = merge_models.best_run(final_train)
     merged_rows = merge_models.describe_models(task, res.best)
-    merged_file = model_files.save_model(model_files.merged_path(out, paths[0]), res.best[best], task.layout,
-                                         like=paths[0])
+    merged_file = model_files.save_model(model_files.merged_path(out, paths[0], out_format), res.best[best],
+                                         task.layout, like=paths[0], gguf_type=gguf_type or "f32")
     record = results.results_record(
         method=method, task=task.name, seeds=seeds, forward_passes=res.forward_passes, metrics=res.metrics,
         wall_seconds=res.wall_seconds, headline=headline,
