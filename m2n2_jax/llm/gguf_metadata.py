@@ -12,11 +12,15 @@ model or pre-tokenizer) is refused in one line.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
+import numpy as np
+
 from m2n2_jax.errors import DataError
 from m2n2_jax.llm.config import LlamaConfig
+from m2n2_jax.llm.gguf_file import PRE_TOKENIZERS
 
 ARCHES = ("llama", "qwen2", "qwen3")
 CONTROL, USER_DEFINED, NORMAL, UNUSED = 3, 4, 1, 5  # llama.cpp's token types
@@ -69,8 +73,6 @@ def _load_json(directory: str, name: str, required: bool) -> dict:
 
 def pre_tokenizer_name(spec: dict | None, where: str) -> str:
     """llama.cpp's tokenizer.ggml.pre for a tokenizer.json pre_tokenizer (the ones the GGUF reader rebuilds)."""
-    from m2n2_jax.llm.gguf_file import PRE_TOKENIZERS
-
     def byte_level(part, regex):
         return part.get("type") == "ByteLevel" and not part.get("add_prefix_space") and \
             part.get("use_regex", True) == regex
@@ -155,13 +157,25 @@ def tokenizer_fields(directory: str, vocab_size: int) -> list[tuple]:
     return fields
 
 
+def config_difference(described: LlamaConfig, config: LlamaConfig) -> str:
+    """'' when two configs describe the same model up to GGUF's float32 storage of floats, else the first
+    field that differs, as 'FIELD: A (file) vs B (model)'."""
+    for field in dataclasses.fields(LlamaConfig):
+        a, b = getattr(described, field.name), getattr(config, field.name)
+        if isinstance(a, float) and isinstance(b, float):
+            a, b = np.float32(a), np.float32(b)
+        if a != b:
+            return f"{field.name}: {getattr(described, field.name)} (file) vs {getattr(config, field.name)} (model)"
+    return ""
+
+
 def metadata_from_hf(directory: str, config: LlamaConfig) -> tuple[str, list[tuple]]:
     """(architecture, [(key, value, type, sub-type)]) for the parameters ``config`` describes, with the
     tokenizer and chat template of the Hugging Face directory ``directory``."""
-    described = LlamaConfig.load(directory)
-    if described != config:
-        raise DataError(f"{directory}: its config.json describes {described}, not the model being written "
-                        f"({config}); pass the directory these parameters came from.")
+    mismatch = config_difference(LlamaConfig.load(directory), config)
+    if mismatch:
+        raise DataError(f"{directory}: its config.json does not describe the model being written ({mismatch}); "
+                        "pass the directory these parameters came from.")
     t = _types()
     name = os.path.basename(os.path.normpath(directory))
     return config.model_type, ([("general.name", name, t.STRING, None)] + hyperparameters(config, directory)

@@ -17,13 +17,15 @@ Face directory's are built from its config.json and tokenizer.json by
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
 
 from m2n2_jax.errors import ConfigError, DataError
+from m2n2_jax.llm import gguf_file
+from m2n2_jax.llm.checkpoint import params_to_hf
 from m2n2_jax.llm.config import LlamaConfig
+from m2n2_jax.llm.gguf_metadata import config_difference, metadata_from_hf
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 # keys the writer sets itself (or that describe the old file's layout, not the model)
@@ -55,11 +57,8 @@ def permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 def gguf_tensors(config: LlamaConfig, params) -> dict[str, np.ndarray]:
     """{llama.cpp name: float32 array in [out, in] order} of Flax params, q/k permuted for a Llama."""
-    from m2n2_jax.llm.checkpoint import params_to_hf
-    from m2n2_jax.llm.gguf_file import GLOBAL_TENSORS, LAYER_TENSORS
-
-    to_gguf = {hf: name for name, hf in GLOBAL_TENSORS.items()}
-    per_layer = {hf: name for name, hf in LAYER_TENSORS.items()}
+    to_gguf = {hf: name for name, hf in gguf_file.GLOBAL_TENSORS.items()}
+    per_layer = {hf: name for name, hf in gguf_file.LAYER_TENSORS.items()}
     out = {}
     for hf_name, value in params_to_hf(config, params).items():
         if hf_name in to_gguf:
@@ -125,12 +124,10 @@ def metadata_from_gguf(like: str, config: LlamaConfig) -> tuple[str, list[tuple]
 
     The parameters must have the shape ``like`` describes: its hyper-parameters are copied as they are.
     """
-    from m2n2_jax.llm import gguf_file
-
     gguf = _gguf()
-    described = gguf_file.config_of(like)
-    if described != config:
-        raise DataError(f"{like}: its metadata describes {described}, not the model being written ({config}); "
+    mismatch = config_difference(gguf_file.config_of(like), config)
+    if mismatch:
+        raise DataError(f"{like}: its metadata does not describe the model being written ({mismatch}); "
                         "pass the GGUF file these parameters came from.")
     fields = []
     for key, field in gguf_file.fields(like).items():
@@ -145,21 +142,15 @@ def metadata_for(like: str, config: LlamaConfig) -> tuple[str, list[tuple]]:
     raises a one-line DataError where ``like`` cannot be written as GGUF (cheap: no tensors are touched)."""
     if like.lower().endswith(".gguf"):
         return metadata_from_gguf(like, config)
-    from m2n2_jax.llm import gguf_metadata
-
-    return gguf_metadata.metadata_from_hf(like, config)
+    return metadata_from_hf(like, config)
 
 
 def _check_read_back(path: str, config: LlamaConfig) -> None:
     """The written file must describe ``config`` to the GGUF reader (floats as the float32 GGUF stores)."""
-    from m2n2_jax.llm import gguf_file
-
-    want = dataclasses.replace(config, rms_norm_eps=float(np.float32(config.rms_norm_eps)),
-                               rope_theta=float(np.float32(config.rope_theta)))
-    got = gguf_file.config_of(path)
-    if got != want:
-        raise DataError(f"the GGUF file written for {config} reads back as {got}; this model cannot be stored "
-                        "as GGUF faithfully: write a Hugging Face directory instead.")
+    mismatch = config_difference(gguf_file.config_of(path), config)
+    if mismatch:
+        raise DataError(f"this model cannot be stored as GGUF faithfully (the file reads back differently: "
+                        f"{mismatch}); write a Hugging Face directory instead.")
 
 
 def save_gguf(path: str, config: LlamaConfig, params, like: str, out_type: str = "f32") -> str:
