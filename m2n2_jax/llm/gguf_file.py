@@ -91,7 +91,11 @@ def _metadata(path: str, stamp) -> dict:
 
 def hf_config(path: str) -> dict:
     """The config.json (transformers' fields) this GGUF file describes, special token ids included."""
-    meta = metadata(path)
+    return config_from_metadata(metadata(path), path)
+
+
+def config_from_metadata(meta: dict, path: str) -> dict:
+    """hf_config of metadata given as a dict (``_tensor_names`` included); ``path`` names it in messages."""
     arch = meta.get("general.architecture")
     if arch not in ARCHES:
         raise DataError(f"{path}: general.architecture {arch!r} is not supported (supported: {', '.join(ARCHES)}).")

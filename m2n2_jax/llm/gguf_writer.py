@@ -145,11 +145,16 @@ def metadata_for(like: str, config: LlamaConfig) -> tuple[str, list[tuple]]:
     return metadata_from_hf(like, config)
 
 
-def _check_read_back(path: str, config: LlamaConfig) -> None:
-    """The written file must describe ``config`` to the GGUF reader (floats as the float32 GGUF stores)."""
-    mismatch = config_difference(gguf_file.config_of(path), config)
+def _check_described(fields: list[tuple], arch: str, names, config: LlamaConfig) -> None:
+    """The metadata and tensor names being written must describe ``config`` to the GGUF reader (floats as
+    the float32 GGUF stores), so that what is written reads back as the same model."""
+    meta = {key: value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+            for key, value, _, _ in fields}
+    meta.update({"general.architecture": arch, "_tensor_names": tuple(names)})
+    mismatch = config_difference(LlamaConfig.from_hf(gguf_file.config_from_metadata(meta, "the GGUF metadata")),
+                                 config)
     if mismatch:
-        raise DataError(f"this model cannot be stored as GGUF faithfully (the file reads back differently: "
+        raise DataError(f"this model cannot be stored as GGUF faithfully (its metadata reads back differently: "
                         f"{mismatch}); write a Hugging Face directory instead.")
 
 
@@ -163,6 +168,8 @@ def save_gguf(path: str, config: LlamaConfig, params, like: str, out_type: str =
     gguf = _gguf()
     out_type = check_type(out_type)
     arch, fields = metadata_for(like, config)
+    tensors = gguf_tensors(config, params)
+    _check_described(fields, arch, tensors, config)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     partial = path + ".part"
@@ -174,14 +181,13 @@ def save_gguf(path: str, config: LlamaConfig, params, like: str, out_type: str =
             writer.add_key_value(key, value, kind, sub)
         writer.add_file_type(file_type(out_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for name, value in gguf_tensors(config, params).items():
+        for name, value in tensors.items():
             data, raw_dtype = encode(value, tensor_type(value, out_type))
             writer.add_tensor(name, data, raw_dtype=raw_dtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        _check_read_back(partial, config)
         os.replace(partial, path)
     except BaseException:
         writer.close()

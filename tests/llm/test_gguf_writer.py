@@ -9,6 +9,7 @@ a byte-level BPE tokenizer.json, which must tokenize as before).
 import dataclasses
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import ml_dtypes
@@ -227,6 +228,12 @@ def test_refusals_are_one_line(hf_dir, tmp_path):
                     params)
     with pytest.raises(DataError, match="model_type 'mistral' cannot be written as GGUF"):
         gguf_writer.metadata_for(str(mistral), checkpoint.load_config(str(mistral)))
+    qwen3 = tmp_path / "qwen3"  # Qwen3 with attention biases: llama.cpp's GGUF has no key the reader takes it from
+    biased = LlamaConfig(**{**config.__dict__, "model_type": "qwen3", "qk_norm": True, "attention_bias": True})
+    checkpoint.save(str(qwen3), biased, model.init_params(biased))
+    shutil.copy(os.path.join(directory, "tokenizer.json"), qwen3 / "tokenizer.json")
+    with pytest.raises(DataError, match="attention_bias: False .file. vs True .model."):
+        gguf_writer.save_gguf(str(tmp_path / "x.gguf"), biased, model.init_params(biased), like=str(qwen3))
     assert not list(tmp_path.glob("*.gguf*"))  # nothing half-written
 
 
