@@ -265,3 +265,29 @@ def test_cli_merge_writes_gguf(hf_dir, tmp_path, capsys):
     assert cli.main(["merge", *npy, "--task", "digits", "--out", str(tmp_path / "d"), "--out-format", "gguf"]) == 2
     err = capsys.readouterr().err
     assert "for language models" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_qwen_directories_to_gguf_keep_their_row_order(hf_dir, tmp_path, family):
+    """Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms) are written without the llama permutation, as
+    llama.cpp's converter writes them; transformers reads them back to the directory's logits."""
+    directory, tok = hf_dir
+    base = checkpoint.load_config(directory)
+    # head_dim 128 for Qwen3: transformers' GGUF loader ignores qwen3.attention.key_length and takes
+    # Qwen3Config's default, 128 (the project's reader and llama.cpp use the key)
+    config = LlamaConfig(**{**base.__dict__, "model_type": family, "qkv_bias": family == "qwen2",
+                            "qk_norm": family == "qwen3", "head_dim": 128 if family == "qwen3" else base.head_dim})
+    source = tmp_path / family
+    checkpoint.save(str(source), config, _random_params(config, 3))
+    shutil.copy(os.path.join(directory, "tokenizer.json"), source / "tokenizer.json")
+    config, params = checkpoint.load(str(source))
+    out = gguf_writer.save_gguf(str(tmp_path / f"{family}.gguf"), config, params, like=str(source))
+    assert gguf_file.metadata(out)["general.architecture"] == family
+    ids = np.asarray([tok.encode(SAMPLES[0]).ids])
+    with torch.no_grad():
+        want = transformers.AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)(
+            torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(_transformers_logits(out, ids), want, atol=1e-4, rtol=0)
+    back = checkpoint.params_to_hf(config, checkpoint.load(out)[1])
+    for name, value in checkpoint.params_to_hf(config, params).items():
+        np.testing.assert_array_equal(back[name], value, err_msg=name)
