@@ -36,6 +36,11 @@ def add_parser(sub) -> None:
     parser.add_argument("--config", metavar="FILE.yml", help="a mergekit YAML (merge_method, base_model, models, "
                         "parameters, dtype, ...): runs that merge into --out; merge_method m2n2 runs M2N2 with the "
                         "YAML's parameters (see README, 'mergekit YAML')")
+    parser.add_argument("--out-format", choices=model_files.OUT_FORMATS,
+                        help="language models: write merged.gguf (gguf) or a Hugging Face directory merged/ (hf; the "
+                             "default); GGUF keeps the first input's metadata and tokenizer")
+    parser.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"),
+                        help="--out-format gguf: type of the weight matrices (default f32: the merge exactly)")
     add_run_control(parser, default_out="runs/merge-TASK", checkpoint_every=2000)
 
 
@@ -61,6 +66,7 @@ def run(args) -> int:
                           "e.g. m2n2 merge a.msgpack b.msgpack --task digits --out runs/merged.")
     method = settings["method"]
     methods.check(method, "pretrained", num_models=len(paths), archive=settings["archive"])
+    model_files.check_out_format(paths[0], args.out_format, args.gguf_type)
     task = task_of(settings, args, first_model=paths[0])
     vectors = np.stack([model_files.load_model(p, task.layout) for p in paths])
     check_finite_seeds(vectors)
@@ -81,5 +87,6 @@ def run(args) -> int:
                                     f"{' (resuming)' if args.resume else ''}", file=sys.stderr)
     res = start(run_options(args, out, settings, method, extra={"models_sha256": merge_models.fingerprint(vectors)}))
     if distributed.is_main():  # multi-host: process 0 writes
-        print(write_merge_outputs(out, paths, settings.values, task, vectors, res, seeds))
+        print(write_merge_outputs(out, paths, settings.values, task, vectors, res, seeds, args.out_format,
+                                  args.gguf_type))
     return 0

@@ -14,7 +14,9 @@ Formats, chosen by the path:
   registers here with :func:`register_tree_format` when it is imported (this module never
   imports the language models); a merge is written as a Hugging Face directory that keeps the
   first input's config, tokenizer and generation files and its dtype (from a GGUF: rebuilt
-  from its metadata).
+  from its metadata), or as a ``.gguf`` file (F32, F16, BF16, Q8_0, Q4_0, Q4_1) carrying the first
+  input's GGUF metadata and tokenizer (from a Hugging Face directory: built from config.json and
+  tokenizer.json), by the GGUF writer the same package registers.
 - any other directory: an orbax checkpoint of the parameter pytree
   (``orbax.checkpoint.StandardCheckpointer``).
 
@@ -46,6 +48,9 @@ class TreeFormat:
 
     load: Callable[[str], Any]             # path -> parameter pytree (its errors name the path)
     save: Callable[[str, Any, str], None]  # (path, parameter pytree, the input model it is like)
+    # GGUF output: (path, parameter pytree, like, tensor type) -> path, and the check made before a merge starts
+    save_gguf: Callable[[str, Any, str, str], str] | None = None
+    check_gguf: Callable[[str, str], None] | None = None
 
 
 # "hf-llama" and "gguf" (see format_of), registered by m2n2_jax.llm when it is imported.
@@ -198,13 +203,17 @@ def _load_orbax(directory: str, layout: VectorLayout, path: str) -> np.ndarray:
     return _from_tree(params, layout, path)
 
 
-def save_model(path: str, vector, layout: VectorLayout, like: str | None = None) -> str:
+def save_model(path: str, vector, layout: VectorLayout, like: str | None = None, gguf_type: str = "f32") -> str:
     """Write the flat model ``vector`` to ``path`` in the format its name implies; returns the path.
 
     A directory path is an orbax checkpoint, or a Hugging Face directory when ``like`` (a model
     it was merged from) is one or a .gguf file: its config, tokenizer files and dtype are kept.
+    A ``.gguf`` path is a GGUF file with ``like``'s metadata and tokenizer, its matrices stored as
+    ``gguf_type`` (see :mod:`m2n2_jax.llm.gguf_writer`).
     """
     vector = np.asarray(vector)
+    if path.lower().endswith(".gguf"):
+        return _save_gguf(path, vector, layout, like, gguf_type)
     params = jax.tree.map(np.asarray, layout.unravel(vector))
     if path.endswith(".npy"):
         np.save(path, vector)
@@ -225,7 +234,37 @@ def save_model(path: str, vector, layout: VectorLayout, like: str | None = None)
     return path
 
 
-def merged_path(out: str, like: str) -> str:
-    """Where ``m2n2 merge`` writes the merged model: out/merged.EXT in the first input's format."""
+def _save_gguf(path: str, vector, layout: VectorLayout, like: str | None, gguf_type: str) -> str:
+    if like is None or format_of(like) not in ("hf-llama", "gguf"):
+        raise DataError(f"{path}: a GGUF file is written only for a language model merged from a .gguf file or a "
+                        f"Hugging Face Llama-family directory (the first input is {like}); choose another format.")
+    params = jax.tree.map(np.asarray, layout.unravel(vector))
+    return _tree_format(format_of(like), like).save_gguf(path, params, like, gguf_type)
+
+
+OUT_FORMATS = ("hf", "gguf")
+
+
+def check_out_format(like: str, out_format: str | None, gguf_type: str | None) -> None:
+    """Refuse, before any work, an output format (and GGUF tensor type) that the merge of ``like`` cannot be
+    written in."""
+    if gguf_type is not None and out_format != "gguf":
+        raise DataError(f"a GGUF tensor type ({gguf_type}) applies to GGUF output only; add --out-format gguf.")
+    merged_path("", like, out_format)
+    if out_format == "gguf":
+        _tree_format(format_of(like), like).check_gguf(like, gguf_type or "f32")
+
+
+def merged_path(out: str, like: str, out_format: str | None = None) -> str:
+    """Where ``m2n2 merge`` writes the merged model: out/merged.EXT in the first input's format, or
+    ``out_format``: 'gguf' (out/merged.gguf) or 'hf' (a Hugging Face directory out/merged), both for
+    language models only."""
     kind = format_of(like)
+    if out_format is not None:
+        if out_format not in OUT_FORMATS:
+            raise DataError(f"output format {out_format!r} is not supported; use one of {', '.join(OUT_FORMATS)}.")
+        if kind not in ("hf-llama", "gguf"):
+            raise DataError(f"output format {out_format!r} is for language models (a .gguf file or a Hugging Face "
+                            f"directory as the first input), not for {like}; leave out the output format.")
+        return os.path.join(out, "merged.gguf" if out_format == "gguf" else "merged")
     return os.path.join(out, "merged" if kind in ("orbax", "hf-llama", "gguf") else f"merged.{kind}")

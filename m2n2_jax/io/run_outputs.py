@@ -44,7 +44,8 @@ def write_evolve_outputs(out: str, settings: dict, task, res, seeds, forward_pas
             f"forward passes/s; peak RSS {peak_mb:.0f} MB; wrote {results_path}, curves.png, best_models.npz")
 
 
-def write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, seeds) -> str:
+def write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, seeds, out_format: str | None = None,
+                        gguf_type: str | None = None) -> str:
     """merged.EXT, results.json, curves.png, table.md (and best_models.npz for dense archives) of a
     merge of the models in ``paths`` (``vectors``); returns the summary line."""
     method = settings["method"]
@@ -52,8 +53,8 @@ def write_merge_outputs(out: str, paths, settings: dict, task, vectors, res, see
     inputs = merge_models.describe_models(task, vectors)
     merged_rows = merge_models.describe_models(task, res.best)
     best = merge_models.best_run([row["train_score"] for row in merged_rows])  # the models written, not the curves
-    merged_file = model_files.save_model(model_files.merged_path(out, paths[0]), res.best[best], task.layout,
-                                         like=paths[0])
+    merged_file = model_files.save_model(model_files.merged_path(out, paths[0], out_format), res.best[best],
+                                         task.layout, like=paths[0], gguf_type=gguf_type or "f32")
     record = results.results_record(
         method=method, task=task.name, seeds=seeds, forward_passes=res.forward_passes, metrics=res.metrics,
         wall_seconds=res.wall_seconds, headline=headline, config=_config(res, settings, task),

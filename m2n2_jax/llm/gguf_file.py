@@ -19,11 +19,11 @@ from m2n2_jax.errors import DataError
 from m2n2_jax.llm.config import ARCHITECTURES, LlamaConfig
 
 ARCHES = ("llama", "qwen2", "qwen3")
-_TENSORS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+LAYER_TENSORS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
             "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
-_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
            "output.weight": "lm_head.weight"}
 # How text is split before byte-level BPE, by tokenizer.ggml.pre (the split each vocabulary was trained with)
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -36,8 +36,21 @@ PRE_TOKENIZERS = {"default": "gpt2", "gpt2": "gpt2", "smollm": "digits+gpt2", "s
                   "llama-v3": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
 
 
-@functools.lru_cache(maxsize=2)  # parsing the header of a large vocabulary takes seconds: once per file
+def _stamp(path: str) -> tuple | None:
+    """What identifies one version of a file (a rewritten file at the same path gets a new stamp)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def _reader(path: str):
+    return _open(path, _stamp(path))
+
+
+@functools.lru_cache(maxsize=2)  # parsing the header of a large vocabulary takes seconds: once per file version
+def _open(path: str, stamp):
     try:
         import gguf
     except ImportError:
@@ -51,10 +64,19 @@ def _reader(path: str):
         raise DataError(f"{path}: not a readable GGUF file ({err}).") from None
 
 
-@functools.lru_cache(maxsize=4)
+def fields(path: str) -> dict:
+    """The reader's raw metadata fields (types and bytes as stored), keyed by name."""
+    return _reader(path).fields
+
+
 def metadata(path: str) -> dict:
     """Every metadata field of the file (token lists included) as plain Python values."""
-    reader = _reader(path)
+    return _metadata(path, _stamp(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _metadata(path: str, stamp) -> dict:
+    reader = _open(path, stamp)
     out = {}
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
@@ -69,7 +91,11 @@ def metadata(path: str) -> dict:
 
 def hf_config(path: str) -> dict:
     """The config.json (transformers' fields) this GGUF file describes, special token ids included."""
-    meta = metadata(path)
+    return config_from_metadata(metadata(path), path)
+
+
+def config_from_metadata(meta: dict, path: str) -> dict:
+    """hf_config of metadata given as a dict (``_tensor_names`` included); ``path`` names it in messages."""
     arch = meta.get("general.architecture")
     if arch not in ARCHES:
         raise DataError(f"{path}: general.architecture {arch!r} is not supported (supported: {', '.join(ARCHES)}).")
@@ -130,14 +156,14 @@ def read_tensors(path: str, config: LlamaConfig | None = None) -> dict[str, np.n
     reader = _reader(path)
     out = {}
     for tensor in reader.tensors:
-        if tensor.name in _GLOBAL:
-            name = _GLOBAL[tensor.name]
+        if tensor.name in GLOBAL_TENSORS:
+            name = GLOBAL_TENSORS[tensor.name]
         else:
             parts = tensor.name.split(".")  # blk.N.attn_q.weight
-            if len(parts) != 4 or parts[0] != "blk" or parts[2] not in _TENSORS:
+            if len(parts) != 4 or parts[0] != "blk" or parts[2] not in LAYER_TENSORS:
                 raise DataError(f"{path}: tensor {tensor.name} is not part of a {config.model_type} model this "
                                 "loader knows.")
-            name = f"model.layers.{parts[1]}.{_TENSORS[parts[2]]}.{parts[3]}"
+            name = f"model.layers.{parts[1]}.{LAYER_TENSORS[parts[2]]}.{parts[3]}"
         try:
             value = quants.dequantize(tensor.data, tensor.tensor_type)
         except NotImplementedError:

@@ -152,3 +152,32 @@ def _one_row(tmp_path):
     data = tmp_path / "one.jsonl"
     data.write_text(json.dumps({"prompt": "The capital of France is", "answer": " Paris"}) + "\n")
     return data
+
+
+def test_merged_gguf_loads_in_transformers_like_the_merged_directory(smol, tmp_path):
+    """A merge of SmolLM2 and a perturbed copy written both ways: transformers' logits from the F32 GGUF are
+    within 1e-4 of those from the Hugging Face directory, the tokenizer and every metadata field carry over."""
+    import gguf
+
+    path = smol["path"]
+    task = exact_match_task(path, str(_one_row(tmp_path)))
+    x = np.asarray(task.layout.ravel(smol["params"]))
+    merged = x + 0.005 * np.random.default_rng(0).standard_normal(x.shape, np.float32)  # 0.5 x + 0.5 (x + noise)
+    del x
+    directory = model_files.save_model(model_files.merged_path(str(tmp_path), path), merged, task.layout, like=path)
+    written = model_files.save_model(model_files.merged_path(str(tmp_path), path, "gguf"), merged, task.layout,
+                                     like=path)
+    assert written == str(tmp_path / "merged.gguf")
+    ids = [smol["tok"].encode_prompt(p) for p in PROMPTS[:4]]
+    tokens = torch.tensor([i[:min(map(len, ids))] for i in ids])
+    with torch.no_grad():
+        want = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)(tokens).logits
+        got = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="merged.gguf",
+                                                                dtype=torch.float32)(tokens).logits
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=0)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="merged.gguf")
+    assert [hf_tok(p)["input_ids"] for p in PROMPTS] == [smol["tok"].encode_prompt(p) for p in PROMPTS]
+    before, after = gguf.GGUFReader(path).fields, gguf.GGUFReader(written).fields
+    for key, field in before.items():
+        if not key.startswith("GGUF.") and key != "general.file_type":
+            assert after[key].contents() == field.contents(), key
