@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.llm import checkpoint, generate, scoring, text
-from m2n2_jax.llm.speed import default_gguf, example_rows
+from m2n2_jax.bench_llm import default_gguf, example_rows
 
 
 def perturbed(params, fraction: float, seed: int):

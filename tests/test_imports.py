@@ -11,8 +11,8 @@ module of the package, at module level and inside functions alike. The layers, l
   table ``methods.registry`` above them: the table lists the families, a family never reads it;
 - built-in tasks and files in and out (``tasks``, ``io``);
 - language models (``llm``): they register their model files with ``io``, which never imports them;
-- applications built on all of these: ``bench`` and ``diffusion`` (an experiment that is leaving
-  the package for experiments/);
+- applications built on all of these: the benchmarks ``bench`` (the engine) and ``bench_llm`` (a
+  language model's fitness call);
 - the command line (``cli``);
 - the package's facade (``m2n2_jax/__init__.py``, ``__main__``), which only re-exports.
 
@@ -42,7 +42,7 @@ LAYERS = (
     ("method table", ("m2n2_jax.methods.registry",)),
     ("tasks and files", ("m2n2_jax.tasks", "m2n2_jax.io")),
     ("language models", ("m2n2_jax.llm",)),
-    ("applications", ("m2n2_jax.bench", "m2n2_jax.diffusion")),
+    ("applications", ("m2n2_jax.bench", "m2n2_jax.bench_llm")),
     ("command line", ("m2n2_jax.cli",)),
     ("facade", ("m2n2_jax", "m2n2_jax.__main__")),
 )

@@ -24,8 +24,10 @@ import time
 import jax
 import numpy as np
 
+from m2n2_jax.bench import cpu_name, gemm_gflops
 from m2n2_jax.errors import DataError
-from m2n2_jax.llm import model, scoring
+from m2n2_jax.llm import checkpoint, model, scoring, text
+from m2n2_jax.llm.data import encode
 
 # (label, target only, buckets, prefix, matmul)
 VARIANTS = [
@@ -81,9 +83,6 @@ def example_rows(count: int, seed: int = 0) -> list[tuple[str, str]]:
 
 def fitness_rows(gguf: str, count: int, seed: int = 0):
     """(config, params, tokens [N, L], targets [N, L], eos ids) of the bench's rows in the model's chat template."""
-    from m2n2_jax.llm import checkpoint, text
-    from m2n2_jax.llm.data import encode
-
     config, params = checkpoint.load(gguf)
     tokenizer = text.load_tokenizer(gguf, "")
     batch = encode(tokenizer, [(text.chat_prompt(gguf, m), a) for m, a in example_rows(count, seed)])
@@ -99,8 +98,6 @@ def useful_flops(config, params, plan: scoring.RowPlan) -> float:
 def run_llm_benchmark(gguf: str | None = None, rows: int = 12, batch_size: int = 16, repeats: int = 2,
                       out: str | None = None, variants=None, gemm_size: int = 2048) -> dict:
     """Time every variant's fitness call on the same rows, interleaved; print and return the table."""
-    from m2n2_jax.bench import cpu_name, gemm_gflops
-
     variants = VARIANTS if variants is None else variants
     gguf = gguf or default_gguf()
     config, params, tokens, targets, eos_ids = fitness_rows(gguf, rows)
