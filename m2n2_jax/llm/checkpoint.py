@@ -54,16 +54,19 @@ def hf_names(config: LlamaConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
     return names
 
 
-def params_to_hf(config: LlamaConfig, params) -> dict[str, np.ndarray]:
-    """Flax params -> {HF name: array in PyTorch layout}."""
-    out = {}
+def iter_hf(config: LlamaConfig, params):
+    """(HF name, array in PyTorch layout) of Flax params, one tensor at a time (in hf_names order)."""
     for name, (path, transpose) in hf_names(config).items():
         value = params
         for part in path:
             value = value[part]
         value = np.asarray(value)
-        out[name] = np.ascontiguousarray(value.T if transpose else value)
-    return out
+        yield name, np.ascontiguousarray(value.T if transpose else value)
+
+
+def params_to_hf(config: LlamaConfig, params) -> dict[str, np.ndarray]:
+    """Flax params -> {HF name: array in PyTorch layout}."""
+    return dict(iter_hf(config, params))
 
 
 def hf_to_params(config: LlamaConfig, tensors: dict[str, np.ndarray], where: str = "the checkpoint") -> dict:

@@ -22,9 +22,8 @@ import os
 import numpy as np
 
 from m2n2_jax.errors import ConfigError, DataError
-from m2n2_jax.llm import gguf_file
-from m2n2_jax.llm import checkpoint
-from m2n2_jax.llm.checkpoint import params_to_hf
+from m2n2_jax.llm import checkpoint, gguf_file
+from m2n2_jax.llm.checkpoint import iter_hf
 from m2n2_jax.llm.config import LlamaConfig
 from m2n2_jax.llm.gguf_metadata import config_difference, metadata_from_hf
 
@@ -56,46 +55,56 @@ def permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_tensors(config: LlamaConfig, params) -> dict[str, np.ndarray]:
-    """{llama.cpp name: float32 array in [out, in] order} of Flax params, q/k permuted for a Llama."""
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name of a Hugging Face tensor name (model.layers.3.mlp.up_proj.weight -> blk.3.ffn_up.weight)."""
     to_gguf = {hf: name for name, hf in gguf_file.GLOBAL_TENSORS.items()}
+    if hf_name in to_gguf:
+        return to_gguf[hf_name]
     per_layer = {hf: name for name, hf in gguf_file.LAYER_TENSORS.items()}
-    out = {}
-    for hf_name, value in params_to_hf(config, params).items():
-        if hf_name in to_gguf:
-            name = to_gguf[hf_name]
-        else:  # model.layers.N.self_attn.q_proj.weight
-            parts = hf_name.split(".")
-            name = f"blk.{parts[2]}.{per_layer['.'.join(parts[3:-1])]}.{parts[-1]}"
+    parts = hf_name.split(".")
+    return f"blk.{parts[2]}.{per_layer['.'.join(parts[3:-1])]}.{parts[-1]}"
+
+
+def gguf_tensors(config: LlamaConfig, params):
+    """(llama.cpp name, float32 array in [out, in] order) of Flax params, one at a time, q/k permuted for a Llama."""
+    for hf_name, value in iter_hf(config, params):
+        name = gguf_name(hf_name)
         value = np.asarray(value, np.float32)
         if config.model_type == "llama" and name.endswith(("attn_q.weight", "attn_q.bias")):
             value = permute(value, config.num_attention_heads)
         elif config.model_type == "llama" and name.endswith(("attn_k.weight", "attn_k.bias")):
             value = permute(value, config.num_key_value_heads)
-        out[name] = value
-    return out
+        yield name, value
 
 
-def tensor_type(value: np.ndarray, out_type: str):
-    """The GGMLQuantizationType a tensor is stored in: F32 for 1-D tensors, F16 where blocks do not fit."""
+def tensor_type(shape: tuple[int, ...], out_type: str):
+    """The GGMLQuantizationType a tensor of ``shape`` is stored in: F32 if 1-D, F16 where blocks do not fit."""
     gguf = _gguf()
     kind = getattr(gguf.GGMLQuantizationType, check_type(out_type).upper())
-    if value.ndim < 2:
+    if len(shape) < 2:
         return gguf.GGMLQuantizationType.F32
-    block = gguf.GGML_QUANT_SIZES[kind][0]
-    if value.shape[-1] % block:
+    if shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
         return gguf.GGMLQuantizationType.F16
     return kind
 
 
-def encode(value: np.ndarray, kind) -> tuple[np.ndarray, object]:
-    """(array to write, raw_dtype for GGUFWriter.add_tensor): the tensor stored as ``kind``."""
+def encode(value: np.ndarray, kind) -> np.ndarray:
+    """The bytes (as an array) of the tensor stored as ``kind``."""
     gguf = _gguf()
-    if kind == gguf.GGMLQuantizationType.F32:
-        return np.ascontiguousarray(value, np.float32), None
     if kind == gguf.GGMLQuantizationType.F16:
-        return np.ascontiguousarray(value.astype(np.float16)), None
-    return gguf.quants.quantize(np.ascontiguousarray(value, np.float32), kind), kind
+        return np.ascontiguousarray(value.astype(np.float16))
+    return gguf.quants.quantize(np.ascontiguousarray(value, np.float32), kind)
+
+
+def _add_tensor_info(writer, name: str, shape: tuple[int, ...], kind) -> None:
+    """Announce a tensor (name, shape, type, size) before its data, so tensors can be written one at a time."""
+    gguf = _gguf()
+    if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        dtype = np.dtype(np.float32 if kind == gguf.GGMLQuantizationType.F32 else np.float16)
+        writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+    else:
+        nbytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(shape, kind)))
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=kind)
 
 
 def file_type(out_type: str) -> int:
@@ -169,10 +178,10 @@ def save_gguf(path: str, config: LlamaConfig, params, like: str, out_type: str =
     gguf = _gguf()
     out_type = check_type(out_type)
     arch, fields = metadata_for(like, config)
-    tensors = gguf_tensors(config, params)
-    _check_described(fields, arch, tensors, config)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    plan = [(gguf_name(n), checkpoint.expected_shape(config, n)) for n in checkpoint.hf_names(config)]
+    _check_described(fields, arch, [name for name, _ in plan], config)
+    kinds = {name: tensor_type(shape, out_type) for name, shape in plan}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".part"
     writer = gguf.GGUFWriter(partial, arch)
     try:
@@ -182,12 +191,16 @@ def save_gguf(path: str, config: LlamaConfig, params, like: str, out_type: str =
             writer.add_key_value(key, value, kind, sub)
         writer.add_file_type(file_type(out_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for name, value in tensors.items():
-            data, raw_dtype = encode(value, tensor_type(value, out_type))
-            writer.add_tensor(name, data, raw_dtype=raw_dtype)
+        for name, shape in plan:
+            _add_tensor_info(writer, name, shape, kinds[name])
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        shapes = dict(plan)
+        for name, value in gguf_tensors(config, params):  # one tensor in memory at a time
+            if value.shape != shapes[name]:
+                raise DataError(f"tensor {name} has shape {value.shape}, but the config implies {shapes[name]}.")
+            writer.write_tensor_data(encode(value, kinds[name]))
         writer.close()
         os.replace(partial, path)
     except BaseException:

@@ -156,7 +156,8 @@ def _one_row(tmp_path):
 
 def test_merged_gguf_loads_in_transformers_like_the_merged_directory(smol, tmp_path):
     """A merge of SmolLM2 and a perturbed copy written both ways: transformers' logits from the F32 GGUF are
-    within 1e-4 of those from the Hugging Face directory, the tokenizer and every metadata field carry over."""
+    within 1e-4 of those from the Hugging Face directory, the tokenizer and every metadata field carry over;
+    the directory written as GGUF has the original tokenizer metadata."""
     import gguf
 
     path = smol["path"]
@@ -181,3 +182,14 @@ def test_merged_gguf_loads_in_transformers_like_the_merged_directory(smol, tmp_p
     for key, field in before.items():
         if not key.startswith("GGUF.") and key != "general.file_type":
             assert after[key].contents() == field.contents(), key
+    # the merged directory's tokenizer.json (rebuilt from the GGUF) written back as GGUF metadata: the same
+    from m2n2_jax.llm import checkpoint, gguf_file, gguf_writer
+
+    config, params = checkpoint.load(directory)
+    again = gguf_writer.save_gguf(str(tmp_path / "from-directory.gguf"), config, params, like=directory,
+                                  out_type="q8_0")
+    first, second = gguf_file.metadata(path), gguf_file.metadata(again)
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.pre",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
+                "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.chat_template"):
+        assert first[key] == second[key], key

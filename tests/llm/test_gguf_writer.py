@@ -291,3 +291,15 @@ def test_qwen_directories_to_gguf_keep_their_row_order(hf_dir, tmp_path, family)
     back = checkpoint.params_to_hf(config, checkpoint.load(out)[1])
     for name, value in checkpoint.params_to_hf(config, params).items():
         np.testing.assert_array_equal(back[name], value, err_msg=name)
+
+
+def test_reader_sees_a_file_rewritten_at_the_same_path(hf_dir, tmp_path):
+    """The GGUF reader's cache is per file version: a merge written over an earlier file is read anew."""
+    path = tmp_path / "model.gguf"
+    write_tiny_gguf(path, T.F32)
+    assert gguf_file.config_of(str(path)).vocab_size == 96
+    directory, _ = hf_dir
+    config, params = checkpoint.load(directory)
+    gguf_writer.save_gguf(str(path), config, params, like=directory)
+    assert gguf_file.config_of(str(path)).vocab_size == config.vocab_size
+    assert gguf_file.metadata(str(path))["tokenizer.chat_template"] == CHAT
