@@ -216,71 +216,83 @@ def model_stock(base, tensors, shared: dict, rounding: Rounding):
     return rounding(t * rows(average) + (1 - t) * rows(w0)).reshape(shape)
 
 
+def _dot(x, y) -> float:
+    return float(np.sum(x * y, dtype=np.float64))
+
+
 def multislerp(base, tensors, per_model: list, shared: dict, rounding: Rounding):
-    """mergekit ``multislerp``: weighted mean of the (base-relative) unit directions, mapped back to the sphere."""
+    """mergekit ``multislerp``: weighted mean of the (base-relative) unit directions, mapped back to the sphere.
+
+    Entries in the work dtype (float32), as mergekit; sums in float64.
+    """
     eps = float(shared.get("eps", 1e-8))
+    work = rounding.work
     if len(tensors) == 1:
         return rounding(tensors[0])
-    x = np.stack([np.asarray(t, np.float64).ravel() for t in tensors])
+    x = [np.asarray(t, work).ravel() for t in tensors]
     if base is not None:
-        x = x - np.asarray(base, np.float64).ravel()
+        x = [rounding(v - np.asarray(base, work).ravel()) for v in x]
     w = np.array([float(p["weight"]) for p in per_model])
     if shared.get("normalize_weights", True):
         w = w / w.sum()
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    units = x / (norms + eps)
-    mean = (units * w[:, None]).sum(0)
-    mean_norm = np.linalg.norm(mean)
+    norms = [math.sqrt(_dot(v, v)) for v in x]
+    units = [v / work(n + eps) for v, n in zip(x, norms)]
+    mean = sum(work(wk) * u for wk, u in zip(w, units))
+    mean_norm = math.sqrt(_dot(mean, mean))
     if mean_norm < eps:
         if len(tensors) != 2:
             raise ConfigError("multislerp: the weighted mean direction is zero (antipodal inputs with balancing "
                               "weights); change the weights.")
-        out = x[0] * w[0] + x[1] * w[1]
+        out = x[0] * work(w[0]) + x[1] * work(w[1])
     else:
-        mean = mean / mean_norm
-        tangents = units - (units @ mean)[:, None] * mean
-        tangent = (tangents * w[:, None]).sum(0)
-        size = np.linalg.norm(tangent) + eps
-        out = (mean * math.cos(size) + tangent * (math.sin(size) / size)) * float((norms[:, 0] * w).sum())
+        mean = mean / work(mean_norm)
+        tangent = sum(work(wk) * (u - work(_dot(u, mean)) * mean) for wk, u in zip(w, units))
+        size = math.sqrt(_dot(tangent, tangent)) + eps
+        out = (mean * work(math.cos(size)) + tangent * work(math.sin(size) / size)) * work(sum(
+            n * wk for n, wk in zip(norms, w)))
     if base is not None:
-        out = out + np.asarray(base, np.float64).ravel()
+        out = out + np.asarray(base, work).ravel()
     return rounding(out.reshape(np.shape(tensors[0])))
 
 
 def karcher(tensors, shared: dict, rounding: Rounding):
-    """mergekit ``karcher``: the Karcher mean of the unit directions (equal weights), scaled by the mean norm."""
+    """mergekit ``karcher``: the Karcher mean of the unit directions (equal weights), scaled by the mean norm.
+
+    Entries in the work dtype (float32), as mergekit; sums in float64.
+    """
     if len(tensors) == 1:
         return rounding(tensors[0])
+    work = rounding.work
     max_iter, tol = int(shared.get("max_iter", 10)), float(shared.get("tol", 1e-5))
     alphas = [1.0 / len(tensors)] * len(tensors)
-    x = [np.asarray(t, np.float64).ravel() for t in tensors]
-    norms = [float(np.linalg.norm(v)) for v in x]
+    x = [np.asarray(t, work).ravel() for t in tensors]
+    norms = [math.sqrt(_dot(v, v)) for v in x]
     valid = [i for i, n in enumerate(norms) if n > tol]
     if not valid:
         return rounding(np.zeros(np.shape(tensors[0])))
-    units = [x[i] / norms[i] for i in valid]
+    units = [x[i] / work(norms[i]) for i in valid]
     a = np.array([alphas[i] for i in valid])
     a = a / a.sum()
-    mean = sum(ai * u for ai, u in zip(a, units))
-    mean_norm = np.linalg.norm(mean)
-    mean = units[0].copy() if mean_norm < tol else mean / mean_norm
+    mean = sum(work(ai) * u for ai, u in zip(a, units))
+    mean_norm = math.sqrt(_dot(mean, mean))
+    mean = units[0].copy() if mean_norm < tol else mean / work(mean_norm)
     for _ in range(max_iter):
         tangent = np.zeros_like(mean)
         for ai, u in zip(a, units):
-            dot = min(1.0, max(-1.0, float(mean @ u)))
+            dot = min(1.0, max(-1.0, _dot(mean, u)))
             theta = math.acos(dot)
             if theta < tol:
                 continue
-            tangent += ai * (theta / math.sin(theta)) * (u - dot * mean)
-        size = np.linalg.norm(tangent)
+            tangent += work(ai * theta / math.sin(theta)) * (u - work(dot) * mean)
+        size = math.sqrt(_dot(tangent, tangent))
         if size < tol:
             break
-        mean = math.cos(size) * mean + math.sin(size) * (tangent / size)
-        unit_norm = np.linalg.norm(mean)
+        mean = work(math.cos(size)) * mean + work(math.sin(size) / size) * tangent
+        unit_norm = math.sqrt(_dot(mean, mean))
         if unit_norm > tol:
-            mean = mean / unit_norm
+            mean = mean / work(unit_norm)
     scale = sum(al * n for al, n in zip(alphas, norms))
-    return rounding((scale * mean).reshape(np.shape(tensors[0])))
+    return rounding((work(scale) * mean).reshape(np.shape(tensors[0])))
 
 
 GTA_METHODS = tuple(SPARSIFIERS)
