@@ -12,7 +12,7 @@ from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.algorithm.strategy import M2N2, ArchiveState
 from m2n2_jax.tasks.base import Task
 from m2n2_jax.tasks.custom import custom_task
-from m2n2_jax.version import __version__
+from m2n2_jax.version import __version__  # noqa: F401 (the package's version)
 
 __all__ = [
     "M2N2", "M2N2Config", "M2N2Params", "ArchiveState", "VectorLayout", "Task", "custom_task", "METHODS",

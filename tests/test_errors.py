@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m2n2_jax import M2N2, M2N2Config, cli
+from m2n2_jax import M2N2, M2N2Config
 from m2n2_jax.errors import DataError, SeedModelError
 from m2n2_jax.tasks import get_task
 from m2n2_jax.tasks.mnist import read_idx

@@ -253,6 +253,10 @@ class M2N2:
     def unravel_batch(self, vectors):
         return jax.vmap(self.layout.unravel)(vectors)
 
+    def best(self, state: ArchiveState):
+        """(flat model [D], its mean score): the member a run reports (the search interface's report)."""
+        return state.params[state.best_index], jnp.mean(state.scores[state.best_index])
+
     def best_model(self, state: ArchiveState):
         """The member with the highest mean score, as a pytree."""
         return self.unravel(state.params[state.best_index])

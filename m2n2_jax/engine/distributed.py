@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from m2n2_jax.errors import ConfigError, M2N2Error
+from m2n2_jax.version import __version__
 
 MESSAGE_BYTES = 400  # room for one process's error message in the start-up exchange
 MAX_PARTS = 8        # digests per exchange (fixed, so every exchange has one shape)

@@ -7,9 +7,11 @@ The search is deterministic, so every run gives the same line.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +42,50 @@ def search(task: Task, a, b, count: int = RATIOS, eval_batch_size: int = 4):
 
     acc = accuracies(ratios)
     return ratios, acc, jnp.argmax(acc)
+
+
+@flax.struct.dataclass
+class SweepState:
+    """Where a SLERP sweep stands: the two models, the next ratio's index, the first best ratio and score."""
+
+    a: jax.Array
+    b: jax.Array
+    next: jax.Array
+    best_t: jax.Array
+    best_score: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SlerpSweep:
+    """The brute-force line with the search interface (m2n2_jax.engine.search): each ask is
+    SLERP(A, B; t) for the next ``per_step`` ratios of the grid of ``count`` (the first two seed
+    models are A and B); the first ratio with the highest mean score is kept. No randomness."""
+
+    count: int
+    per_step: int
+
+    def init(self, key, seeds, seed_scores, params=None) -> SweepState:
+        return SweepState(a=seeds[0], b=seeds[1], next=jnp.int32(0), best_t=jnp.float32(0.0),
+                          best_score=jnp.float32(-jnp.inf))
+
+    def _children(self, state: SweepState, ts):
+        cx, cy = xo.slerp_coefficients(state.a, state.b, ts)
+        return cx[:, None] * state.a + cy[:, None] * state.b
+
+    def ask(self, key, state: SweepState, params=None):
+        ts = jax.lax.dynamic_slice(ratio_grid(self.count), (state.next,), (self.per_step,))
+        return self._children(state, ts), state
+
+    def tell(self, key, population, scores, state: SweepState, params=None):
+        ts = jax.lax.dynamic_slice(ratio_grid(self.count), (state.next,), (self.per_step,))
+        mean = jnp.mean(scores, axis=1)
+        i = jnp.argmax(mean)  # the first best of this step; a later step must beat it strictly
+        better = mean[i] > state.best_score
+        return state.replace(next=state.next + self.per_step, best_t=jnp.where(better, ts[i], state.best_t),
+                             best_score=jnp.where(better, mean[i], state.best_score)), {}
+
+    def best(self, state: SweepState):
+        return self._children(state, state.best_t[None])[0], state.best_score
 
 
 def run_brute_force(task: Task, seeds: Sequence[int], forward_passes: int = RATIOS, *,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -62,6 +62,28 @@ class LazyCMA_ES(CMA_ES):
         z = jax.random.normal(key, (self.population_size, self.num_dims))
         population = state.mean + state.std * ((z * D) @ B.T)
         return population, state.replace(C=C, B=B, D=D)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvosaxSearch:
+    """An evosax strategy with the search interface (m2n2_jax.engine.search): it maximises the
+    mean score (evosax minimises, so it is told minus that), starting from the first seed model
+    with that model's score as the best so far."""
+
+    es: Any
+
+    def init(self, key, seeds, seed_scores, params):
+        state = self.es.init(key, seeds[0], params)
+        return state.replace(best_solution=seeds[0], best_fitness=-jnp.mean(seed_scores[0]))
+
+    def ask(self, key, state, params):
+        return self.es.ask(key, state, params)
+
+    def tell(self, key, population, scores, state, params):
+        return self.es.tell(key, population, -jnp.mean(scores, axis=1), state, params)
+
+    def best(self, state):
+        return state.best_solution, -state.best_fitness
 
 
 def _open_es(pop, sol, sigma=0.01, lr=0.003):

@@ -31,3 +31,18 @@ def test_a_loader_bug_is_not_reported_as_a_data_problem(tmp_path, layout, monkey
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(KeyError, match="a bug in the loader"):
         model_files.load_model(str(tmp_path), layout)
+
+
+def test_language_model_files_need_the_reader_llm_registers(tmp_path, monkeypatch, layout):
+    """io never imports the language models: without m2n2_jax.llm's registration a Hugging Face
+    directory is refused in one line naming what to import; with it, the registered reader is used."""
+    import m2n2_jax.llm  # noqa: F401 (registers its readers)
+
+    assert set(model_files._TREE_FORMATS) == {"hf-llama", "gguf"}
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(model_files, "_TREE_FORMATS", {})
+    with pytest.raises(DataError, match="no reader of hf-llama models is registered; import m2n2_jax.llm"):
+        model_files.load_model(str(tmp_path), layout)
+    model_files.register_tree_format("hf-llama", model_files.TreeFormat(
+        load=lambda path: {"w": np.arange(3, dtype=np.float32)}, save=None))
+    np.testing.assert_array_equal(model_files.load_model(str(tmp_path), layout), [0, 1, 2])

@@ -1,0 +1,104 @@
+"""One search interface: run_search drives dense M2N2, an evosax strategy and the SLERP sweep the
+same way, compiled (a jittable scorer) or in a host loop (a Python scorer), and gives what a
+plain Python loop of the strategy's ask / tell gives."""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from evosax.algorithms import Sep_CMA_ES
+
+from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.algorithm.strategy import M2N2
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.chunk_loop import RunOptions
+from m2n2_jax.engine.search import Scorer, run_search
+from m2n2_jax.methods.brute_force import SlerpSweep, search
+from m2n2_jax.methods.evosax_es import EvosaxSearch
+
+D = 6
+TARGET = jnp.linspace(-1.0, 1.0, D)
+
+
+def score(x):
+    """Per-coordinate scores (N = D datapoints), higher is better, in (0, 1]."""
+    return 1.0 / (1.0 + (x - TARGET) ** 2)
+
+
+def metrics(x):
+    return {"distance": jnp.sqrt(jnp.sum((x - TARGET) ** 2))}
+
+
+JIT = Scorer(score, metrics)
+# The same scorer called from Python with numpy arrays (as a memoised language-model fitness would be).
+HOST = Scorer(lambda x: np.asarray(jax.jit(score)(x)), lambda x: {k: float(v) for k, v in jax.jit(metrics)(x).items()},
+              jittable=False)
+SEEDS_MODELS = np.stack([np.zeros(D, np.float32), np.full(D, 0.5, np.float32), np.linspace(1, -1, D, dtype=np.float32)])
+
+
+def plain_loop(strategy, params, seed: int, seed_models, steps: int):
+    """The reference: one run as a Python loop of init / ask / score / tell with run_search's key chain."""
+    key, k_init = jax.random.split(jax.random.PRNGKey(seed))
+    models = jnp.asarray(seed_models)
+    state = strategy.init(k_init, models, jax.vmap(score)(models), params)
+    for _ in range(steps):
+        key, k_ask, k_tell = jax.random.split(key, 3)
+        population, state = strategy.ask(k_ask, state, params)
+        state, _ = strategy.tell(k_tell, population, jax.vmap(score)(population), state, params)
+    return strategy.best(state)
+
+
+def m2n2():
+    strategy = M2N2(M2N2Config(archive_size=6, children_per_step=2, mutation_std=0.05),
+                    layout=None, example_model=jnp.zeros(D))
+    return strategy, strategy.default_params, 2
+
+
+def sep_cma_es():
+    es = Sep_CMA_ES(population_size=4, solution=jnp.zeros(D))
+    return EvosaxSearch(es), es.default_params, 4
+
+
+@pytest.mark.parametrize("make", [m2n2, sep_cma_es], ids=["dense-m2n2", "sep-cma-es"])
+def test_run_search_gives_the_plain_loop_result_compiled_and_in_a_host_loop(make):
+    strategy, params, population = make()
+    seeds, steps = [3, 4], 10
+    plan = plan_budget(steps * population, population, 4 * population)
+    compiled = run_search(strategy, params, JIT, seeds, SEEDS_MODELS, plan)
+    host = run_search(strategy, params, HOST, seeds, SEEDS_MODELS, plan)
+    for r, seed in enumerate(seeds):
+        model, best_score = plain_loop(strategy, params, seed, SEEDS_MODELS, steps)
+        np.testing.assert_allclose(compiled.best[r], model, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(host.best[r], model, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(compiled.metrics["best_train_score"][r, -1], best_score, rtol=1e-5)
+    assert compiled.forward_passes == host.forward_passes == plan.log_points
+    for name in ("best_train_score", "distance"):
+        assert compiled.metrics[name].shape == (len(seeds), plan.num_logs + 1)
+        np.testing.assert_allclose(host.metrics[name], compiled.metrics[name], rtol=1e-5, atol=1e-6)
+    assert np.all(np.diff(compiled.metrics["best_train_score"], axis=1) >= 0)  # the best so far never drops
+
+
+def test_slerp_sweep_finds_the_brute_force_ratio():
+    count, per_step = 48, 8
+    a, b = SEEDS_MODELS[0], SEEDS_MODELS[2]
+    ratios, accuracy, best = search(types.SimpleNamespace(score_vector=score), a, b, count)
+    sweep = SlerpSweep(count, per_step)
+    for scorer in (JIT, HOST):
+        res = run_search(sweep, None, scorer, [0], np.stack([a, b]), plan_budget(count, per_step, per_step))
+        assert float(res.runs.state.best_t[0]) == float(ratios[best])
+        assert res.metrics["best_train_score"][0, -1] == pytest.approx(float(accuracy[best]), rel=1e-6)
+
+
+def test_a_resumed_host_loop_run_equals_an_uninterrupted_one(tmp_path):
+    strategy, params, population = m2n2()
+    plan = plan_budget(8 * population, population, 2 * population)
+    whole = run_search(strategy, params, HOST, [5], SEEDS_MODELS, plan)
+    identity = {"test": "resume"}
+    saving = RunOptions.saving(str(tmp_path), every=4 * population)
+    half = plan_budget(4 * population, population, 2 * population)
+    run_search(strategy, params, HOST, [5], SEEDS_MODELS, half, options=saving, identity=identity)
+    resumed = run_search(strategy, params, HOST, [5], SEEDS_MODELS, plan, identity=identity,
+                         options=RunOptions.saving(str(tmp_path), every=4 * population, resume=True))
+    np.testing.assert_array_equal(resumed.best, whole.best)
+    np.testing.assert_array_equal(resumed.metrics["best_train_score"], whole.metrics["best_train_score"])
