@@ -296,7 +296,7 @@ def cmd_evolve(args) -> int:
     results_path = os.path.join(out, "results.json")
     results.write_json(results_path, record)
     results.plot_curves(os.path.join(out, "curves.png"), [record])
-    np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best_vectors(),
+    np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best,
                         seeds=np.asarray(seeds))
     print(f"final {task.headline_metric.replace('_', ' ')}: mean {record['final_mean']:.4f} ± "
           f"{record['final_sem']:.4f} (sem) over "
@@ -536,7 +536,7 @@ def main(argv=None) -> int:
         return {"evolve": cmd_evolve, "merge": cmd_merge, "compare": cmd_compare,
                 "bench": cmd_bench, "chat": cmd_chat}[args.command](args)
     except M2N2Error as err:
-        from m2n2_jax.engine.evolution import Interrupted
+        from m2n2_jax.engine.chunk_loop import Interrupted
 
         from m2n2_jax.engine import distributed
 

@@ -27,11 +27,11 @@ def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), r
     """The model's greedy answer to each prompt (special tokens and the end token removed)."""
     from m2n2_jax.llm import checkpoint
     from m2n2_jax.llm import generate
-    from m2n2_jax.llm import text
+    from m2n2_jax.llm import hf_tokenizer
 
-    tokenizer = text.load_hf_tokenizer(model)
+    tokenizer = hf_tokenizer.load_hf_tokenizer(model)
     config, params = checkpoint.load(model)
-    ids = [tokenizer.encode_prompt(p if raw else text.chat_prompt(model, p)) for p in prompts]
+    ids = [tokenizer.encode_prompt(p if raw else hf_tokenizer.chat_prompt(model, p)) for p in prompts]
     out = generate.greedy(config, params, ids, max_new_tokens, tokenizer.eos_ids, stop=tuple(stop),
                           decode=tokenizer.decode)
     return [tokenizer._tokenizer.decode(o, skip_special_tokens=True) for o in out]
