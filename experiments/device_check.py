@@ -82,7 +82,7 @@ def llm_scoring(size: dict) -> tuple[str, str]:
     from m2n2_jax.llm import checkpoint, model
     from m2n2_jax.llm.config import LlamaConfig
     from m2n2_jax.llm.task import exact_match_task
-    from m2n2_jax.llm.tokenizer import WordTokenizer
+    from m2n2_jax.llm.word_tokenizer import WordTokenizer
 
     llm = size["llm"]
     rng = np.random.default_rng(0)

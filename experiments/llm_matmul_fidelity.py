@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2n2_jax.llm import checkpoint, generate, scoring, text
+from m2n2_jax.llm import checkpoint, generate, hf_tokenizer, scoring
 from m2n2_jax.bench_llm import default_gguf, example_rows
 
 
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     gguf = args.gguf or default_gguf()
     config, params = checkpoint.load(gguf)
-    tokenizer = text.load_hf_tokenizer(gguf)
-    prompts = [tokenizer.encode_prompt(text.chat_prompt(gguf, m)) for m, _ in example_rows(args.prompts, seed=1)]
+    tokenizer = hf_tokenizer.load_hf_tokenizer(gguf)
+    prompts = [tokenizer.encode_prompt(hf_tokenizer.chat_prompt(gguf, m)) for m, _ in example_rows(args.prompts, seed=1)]
     answers, seconds = {}, {}
     for matmul in ("float32", "bfloat16"):
         start = time.perf_counter()

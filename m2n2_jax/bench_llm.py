@@ -26,7 +26,7 @@ import numpy as np
 
 from m2n2_jax.bench import cpu_name, gemm_gflops
 from m2n2_jax.errors import DataError
-from m2n2_jax.llm import checkpoint, model, scoring, text
+from m2n2_jax.llm import checkpoint, hf_tokenizer, model, scoring
 from m2n2_jax.llm.data import encode
 
 # (label, target only, buckets, prefix, matmul)
@@ -84,8 +84,8 @@ def example_rows(count: int, seed: int = 0) -> list[tuple[str, str]]:
 def fitness_rows(gguf: str, count: int, seed: int = 0):
     """(config, params, tokens [N, L], targets [N, L], eos ids) of the bench's rows in the model's chat template."""
     config, params = checkpoint.load(gguf)
-    tokenizer = text.load_tokenizer(gguf, "")
-    batch = encode(tokenizer, [(text.chat_prompt(gguf, m), a) for m, a in example_rows(count, seed)])
+    tokenizer = hf_tokenizer.load_tokenizer(gguf, "")
+    batch = encode(tokenizer, [(hf_tokenizer.chat_prompt(gguf, m), a) for m, a in example_rows(count, seed)])
     return config, params, batch.tokens, batch.targets, tuple(getattr(tokenizer, "eos_ids", ()))
 
 

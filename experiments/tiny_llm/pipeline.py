@@ -28,7 +28,7 @@ from m2n2_jax.llm import data
 from m2n2_jax.llm import generate
 from m2n2_jax.llm import model
 from m2n2_jax.llm.config import LlamaConfig
-from m2n2_jax.llm.tokenizer import WordTokenizer
+from m2n2_jax.llm.word_tokenizer import WordTokenizer
 from experiments.methods import PAPER_ABLATIONS
 from experiments.tiny_llm import toy_tasks, train
 
@@ -235,12 +235,40 @@ def greedy_accuracy(config, params, batch, tokenizer) -> float:
     """Exact match of greedy decoding (up to 3 new tokens) on a test batch."""
     tokens = np.where(np.arange(batch.tokens.shape[1])[None] < batch.prompt_lengths[:, None], batch.tokens, 0)
     tokens = np.pad(tokens, ((0, 0), (0, 3)))
-    out = np.asarray(jax.jit(lambda t, l: generate.greedy_generate(config, params, t, l, 3, tokenizer.eos_id))(
+    out = np.asarray(jax.jit(lambda t, l: greedy_generate(config, params, t, l, 3, tokenizer.eos_id))(
         tokens, batch.prompt_lengths))
     right = 0
     for row, gold_row, mask in zip(out, batch.tokens, batch.targets):
         right += tokenizer.decode(row) == tokenizer.decode(gold_row[mask > 0])
     return right / len(out)
+
+
+def greedy_generate(config, params, tokens, prompt_lengths, max_new_tokens: int, eos_id: int, pad_id: int = 0):
+    """Greedy continuations [B, max_new_tokens] of the prompts (pad after <eos>), jit-friendly, without a cache.
+
+    This experiment's own decoding (a fixed right-padded buffer, the model re-run each step), kept so that its
+    figures stay as committed; the library decodes with a key/value cache (:func:`m2n2_jax.llm.generate.greedy`).
+
+    tokens [B, L] hold the prompts right-padded; L must leave room for
+    max_new_tokens after the longest prompt.
+    """
+    tokens = jnp.asarray(tokens)
+    prompt_lengths = jnp.asarray(prompt_lengths)
+    rows = jnp.arange(tokens.shape[0])
+    positions = jnp.arange(tokens.shape[1])
+    buffer = jnp.where(positions[None] < prompt_lengths[:, None], tokens, pad_id)
+
+    def step(carry, i):
+        buffer, done = carry
+        logits = model.apply(config, params, buffer)
+        at = prompt_lengths - 1 + i
+        token = jnp.argmax(logits[rows, at], axis=-1).astype(buffer.dtype)
+        token = jnp.where(done, pad_id, token)
+        buffer = buffer.at[rows, jnp.minimum(at + 1, buffer.shape[1] - 1)].set(token)
+        return (buffer, done | (token == eos_id)), token
+
+    (_, _), new = jax.lax.scan(step, (buffer, jnp.zeros(tokens.shape[0], bool)), jnp.arange(max_new_tokens))
+    return new.T
 
 
 def m2n2_merge(config, bank, score_vector, budget: int, seed: int, adaptive_capacity: bool = False):

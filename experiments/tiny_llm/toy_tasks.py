@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.llm.tokenizer import WordTokenizer
+from m2n2_jax.llm.word_tokenizer import WordTokenizer
 
 NAMES = ("ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal")
 OBJECTS = ("pens", "apples", "cards", "coins", "books", "cups")

@@ -97,9 +97,6 @@ class RunResult:
     task: str | None = None
     state: Any = None                 # the final state (the engine's RunsState), for inspection
 
-    def best_vectors(self) -> np.ndarray:
-        return self.best
-
     @property
     def execution(self) -> dict:
         """How it ran (eval batch size, devices, sharding): float results can depend on these."""

@@ -19,9 +19,9 @@ import numpy as np
 from m2n2_jax.engine import distributed
 from m2n2_jax.engine import runner
 from m2n2_jax.engine.devices import default_eval_batch_size, device_mesh
-from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.budget import Plan, plan_budget
 from m2n2_jax.engine.identity import run_identity
-from m2n2_jax.engine.chunk_loop import Interrupted, RunOptions, RunResult, drive  # noqa: F401 (re-exported)
+from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, drive
 from m2n2_jax.algorithm.config import M2N2Config
 from m2n2_jax.algorithm.flatten import check_finite_seeds
 from m2n2_jax.errors import ConfigError, SeedModelError

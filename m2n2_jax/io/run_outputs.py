@@ -37,7 +37,7 @@ def write_evolve_outputs(out: str, settings: dict, task, res, seeds, forward_pas
     results_path = os.path.join(out, "results.json")
     results.write_json(results_path, record)
     results.plot_curves(os.path.join(out, "curves.png"), [record])
-    np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best_vectors(),
+    np.savez_compressed(os.path.join(out, "best_models.npz"), best_vectors=res.best,
                         seeds=np.asarray(seeds))
     return (f"final {task.headline_metric.replace('_', ' ')}: mean {record['final_mean']:.4f} ± "
             f"{record['final_sem']:.4f} (sem) over {len(seeds)} run(s); {record['forward_passes_per_second']:.0f} "

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from m2n2_jax.errors import M2N2Error
-from m2n2_jax.llm import checkpoint, generate, text
+from m2n2_jax.llm import checkpoint, generate, hf_tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), raw: bool = False,
            matmul: str = "auto") -> list[str]:
     """The model's greedy answer to each prompt (special tokens and the end token removed)."""
-    tokenizer = text.load_hf_tokenizer(model)
+    tokenizer = hf_tokenizer.load_hf_tokenizer(model)
     config, params = checkpoint.load(model)
-    ids = [tokenizer.encode_prompt(p if raw else text.chat_prompt(model, p)) for p in prompts]
+    ids = [tokenizer.encode_prompt(p if raw else hf_tokenizer.chat_prompt(model, p)) for p in prompts]
     out = generate.greedy(config, params, ids, max_new_tokens, tokenizer.eos_ids, stop=tuple(stop),
                           decode=tokenizer.decode, matmul=matmul)
     return [tokenizer._tokenizer.decode(o, skip_special_tokens=True) for o in out]

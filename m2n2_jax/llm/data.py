@@ -1,7 +1,7 @@
 """Tokenised (prompt, answer) examples for scoring and training Llama models: :class:`Batch` and :func:`encode`.
 
-Works with the project's word tokenizer (:mod:`m2n2_jax.llm.tokenizer`) and with
-Hugging Face tokenizers (:mod:`m2n2_jax.llm.text`), which tokenize prompt and
+Works with the project's word tokenizer (:mod:`m2n2_jax.llm.word_tokenizer`) and with
+Hugging Face tokenizers (:mod:`m2n2_jax.llm.hf_tokenizer`), which tokenize prompt and
 answer together.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def encode(tokenizer, examples, length: int | None = None) -> Batch:
 
     ``tokenizer``: anything with encode(text) -> ids and bos_id / eos_id / pad_id
     (a bos_id of None adds no begin token). A tokenizer with ``split(prompt, answer)``
-    (Hugging Face tokenizers, :mod:`m2n2_jax.llm.text`) tokenizes the two together
+    (Hugging Face tokenizers, :mod:`m2n2_jax.llm.hf_tokenizer`) tokenizes the two together
     and finds the answer's tokens by character offsets.
     """
     rows, prompt_lengths, answer_lengths = [], [], []

@@ -4,9 +4,7 @@
 prompts are left-padded (padding keys hidden, positions counted from each prompt's
 first real token), one forward pass fills the cache, then each step feeds one
 token per sequence; a sequence stops at an end-of-sequence id or once its text
-contains a stop string. :func:`greedy_generate` is the older jit-friendly form
-without a cache (a fixed right-padded buffer, re-run each step), kept for the toy
-experiment.
+contains a stop string.
 
 Teacher forcing gives both per-example scores in one forward pass:
 - exact match: the greedy answer equals the gold answer (with its <eos>) iff
@@ -21,31 +19,6 @@ import numpy as np
 
 from m2n2_jax.llm.model import apply, broadcast_cache
 from m2n2_jax.llm.scoring import scores_at
-
-
-def greedy_generate(config, params, tokens, prompt_lengths, max_new_tokens: int, eos_id: int, pad_id: int = 0):
-    """Greedy continuations [B, max_new_tokens] of the prompts (pad after <eos>).
-
-    tokens [B, L] hold the prompts right-padded; L must leave room for
-    max_new_tokens after the longest prompt.
-    """
-    tokens = jnp.asarray(tokens)
-    prompt_lengths = jnp.asarray(prompt_lengths)
-    rows = jnp.arange(tokens.shape[0])
-    positions = jnp.arange(tokens.shape[1])
-    buffer = jnp.where(positions[None] < prompt_lengths[:, None], tokens, pad_id)
-
-    def step(carry, i):
-        buffer, done = carry
-        logits = apply(config, params, buffer)
-        at = prompt_lengths - 1 + i
-        token = jnp.argmax(logits[rows, at], axis=-1).astype(buffer.dtype)
-        token = jnp.where(done, pad_id, token)
-        buffer = buffer.at[rows, jnp.minimum(at + 1, buffer.shape[1] - 1)].set(token)
-        return (buffer, done | (token == eos_id)), token
-
-    (_, _), new = jax.lax.scan(step, (buffer, jnp.zeros(tokens.shape[0], bool)), jnp.arange(max_new_tokens))
-    return new.T
 
 
 def answer_scores(config, params, tokens, targets, eos_ids: tuple = ()):

@@ -10,7 +10,7 @@ Tokenizers: the project's word tokenizer (``tokenizer.json`` of type
 ``m2n2-word``, as ``python -m experiments.tiny_llm.merge`` writes it), any Hugging Face
 fast tokenizer (``tokenizer.json``, read with the ``tokenizers`` package:
 ``pip install -e '.[llm]'``) or the one in a GGUF file's metadata. With a Hugging
-Face tokenizer prompt and answer are tokenized together (:mod:`m2n2_jax.llm.text`),
+Face tokenizer prompt and answer are tokenized together (:mod:`m2n2_jax.llm.hf_tokenizer`),
 so exact match here is greedy generation's exact match.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from m2n2_jax.llm import checkpoint
 from m2n2_jax.llm import model as llama
 from m2n2_jax.llm import scoring
 from m2n2_jax.llm.data import Batch, encode
-from m2n2_jax.llm.text import HFTokenizer, load_tokenizer  # noqa: F401  (HFTokenizer: re-exported)
+from m2n2_jax.llm.hf_tokenizer import load_tokenizer
 
 
 def read_examples(path: str, limit: int | None = None) -> list[tuple[str, str]]:

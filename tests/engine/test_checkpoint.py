@@ -13,7 +13,8 @@ from m2n2_jax import M2N2Config
 from m2n2_jax.engine.checkpoint import CheckpointError, RunCheckpointer
 from m2n2_jax.engine.chunk_loop import RunOptions
 from m2n2_jax.errors import ConfigError
-from m2n2_jax.engine.evolution import Interrupted, evolve
+from m2n2_jax.engine.chunk_loop import Interrupted
+from m2n2_jax.engine.evolution import evolve
 
 SETTINGS = dict(log_every=40)
 
@@ -65,7 +66,7 @@ def test_baseline_ctrl_c_then_resume_matches_uninterrupted(method, digits, tmp_p
     assert resumed.forward_passes == full.forward_passes
     for name in full.metrics:
         np.testing.assert_array_equal(resumed.metrics[name], full.metrics[name])
-    np.testing.assert_array_equal(resumed.best_vectors(), full.best_vectors())
+    np.testing.assert_array_equal(resumed.best, full.best)
     with pytest.raises(ConfigError, match="seeds"):
         run_method(method, digits, [3, 5], 400, log_every=40, options=RunOptions.saving(str(tmp_path), resume=True))
 

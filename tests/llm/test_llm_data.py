@@ -3,7 +3,7 @@ import pytest
 
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.llm import data
-from m2n2_jax.llm.tokenizer import WordTokenizer
+from m2n2_jax.llm.word_tokenizer import WordTokenizer
 
 
 def test_encode_marks_answer_tokens():

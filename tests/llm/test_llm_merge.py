@@ -14,7 +14,7 @@ from experiments.tiny_llm import train
 from m2n2_jax.llm import checkpoint, data, model
 from m2n2_jax.llm.config import LlamaConfig
 from m2n2_jax.llm.task import exact_match_task
-from m2n2_jax.llm.tokenizer import WordTokenizer
+from m2n2_jax.llm.word_tokenizer import WordTokenizer
 
 WORDS = ["a", "b", "c", "d", "e", "f", "first", "last", "?"]
 

@@ -155,13 +155,8 @@ def test_greedy_decoding_is_deterministic_and_matches_a_python_loop():
     config = LlamaConfig(**TINY)
     params = model.init_params(config, 4)
     prompts = [[1, 5, 6, 7], [1, 8]]
-    tokens = np.zeros((2, 8), np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-    lengths = np.array([len(p) for p in prompts])
-    run = jax.jit(lambda t, l: generate.greedy_generate(config, params, t, l, 4, eos_id=2))
-    out = np.asarray(run(tokens, lengths))
-    np.testing.assert_array_equal(out, np.asarray(run(tokens, lengths)))
+    out = generate.greedy(config, params, prompts, 4, eos_ids=2)
+    assert out == generate.greedy(config, params, prompts, 4, eos_ids=2)
     weights = {k: v.astype(np.float64) for k, v in checkpoint.params_to_hf(config, params).items()}
     for i, p in enumerate(prompts):  # one sequence at a time, no padding, numpy forward
         seq = list(p)
@@ -170,16 +165,14 @@ def test_greedy_decoding_is_deterministic_and_matches_a_python_loop():
             seq.append(nxt)
             if nxt == 2:
                 break
-        want = seq[len(p):] + [0] * (4 - len(seq) + len(p))
-        assert out[i].tolist() == want
+        assert out[i] == seq[len(p):]  # the new ids, up to and including <eos>
 
 
 def test_teacher_forced_exact_match_equals_greedy_answer():
     config = LlamaConfig(**TINY)
     params = model.init_params(config, 5)
     prompt = [1, 4, 6]
-    greedy = np.asarray(generate.greedy_generate(config, params, jnp.asarray([prompt + [0] * 4]),
-                                                 jnp.asarray([3]), 4, eos_id=2))[0].tolist()
+    greedy = generate.greedy(config, params, [prompt], 4, eos_ids=())[0]  # no end id: four new tokens
     right = prompt + greedy[:2]           # the greedy answer's first two tokens
     wrong = prompt + [(greedy[0] + 1) % 13, greedy[1]]
     tokens = jnp.asarray([right, wrong])

@@ -131,7 +131,7 @@ def test_the_merged_model_is_a_merge_of_its_seeds_with_the_encoder_untouched(jud
     curve = result.metrics["best_train_score"]
     assert result.config["subtract_worst"] and result.config["mutation_std"] == 0 and result.config["groups"]
     assert np.all(curve[:, -1] >= curve[:, 0]) and int(archives.evaluated[0]) == 24
-    vectors = result.best_vectors()
+    vectors = result.best
     children = np.asarray(archives.params)[np.asarray(archives.filled)]
     assert len(children) > 8                                       # children entered the archives
     for member in children:

@@ -121,7 +121,7 @@ def test_merged_directory_gives_the_measured_math_accuracy_in_transformers(tmp_p
     # no cached run: a tiny random Llama with a byte-level tokenizer, written by checkpoint.save
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from m2n2_jax.llm.gguf_file import _byte_alphabet
-    from m2n2_jax.llm.text import load_hf_tokenizer
+    from m2n2_jax.llm.hf_tokenizer import load_hf_tokenizer
 
     alphabet = _byte_alphabet()
     tok = Tokenizer(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))

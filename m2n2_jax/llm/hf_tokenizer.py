@@ -1,4 +1,5 @@
-"""Hugging Face tokenizers (tokenizer.json, or rebuilt from a GGUF file) for scoring and generation.
+"""Hugging Face tokenizers (tokenizer.json, or rebuilt from a GGUF file) for scoring and generation;
+:func:`load_tokenizer` also reads the project's word tokenizer (:mod:`m2n2_jax.llm.word_tokenizer`).
 
 Scoring tokenizes prompt and answer together, as one text, and takes as the answer
 every token that covers a character after the prompt (found by character offsets).
@@ -145,7 +146,7 @@ def load_tokenizer(path: str, separator: str = " "):
         if not os.path.isfile(file):
             raise DataError(f"no tokenizer.json in {path}; the model directory needs its tokenizer.")
         if _json(file).get("type") == "m2n2-word":
-            from m2n2_jax.llm.tokenizer import WordTokenizer
+            from m2n2_jax.llm.word_tokenizer import WordTokenizer
 
             return WordTokenizer.load(path)
     return load_hf_tokenizer(path, separator)
