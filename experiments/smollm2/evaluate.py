@@ -246,7 +246,7 @@ def episode_scores(step_scores, groups, num_groups: int):
     return jax.ops.segment_min(jnp.asarray(step_scores), jnp.asarray(groups), num_segments=num_groups)
 
 
-def score_function(config, batch: Batch, eos_ids=(), batch_size: int = 32, matmul: str = "auto"):
+def score_function(config, batch: Batch, eos_ids=(), batch_size: int = 32, matmul: str = "float32"):
     """``scores(params) -> [N]`` in {0, 1}: teacher-forced exact match of each datapoint of ``batch``
     (jit-able; ``batch_size`` rows per forward pass bound the memory; logits only at answer tokens, rows
     bucketed by length, the shared prompt prefix once: :mod:`m2n2_jax.llm.scoring`)."""

@@ -23,14 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
     parser.add_argument("--stop", action="append", default=[], help="also stop once the answer contains this text")
     parser.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
-    parser.add_argument("--matmul", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="matmul precision: bfloat16 operands with float32 accumulation, float32, or auto "
+    parser.add_argument("--matmul", choices=("auto", "float32", "bfloat16"), default="float32",
+                        help="matmul precision: float32 (default), bfloat16 operands with float32 accumulation, or auto "
                              "(bfloat16 where the backend runs it faster: GPU, TPU, CPU with AMX/AVX512-BF16)")
     return parser
 
 
 def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), raw: bool = False,
-           matmul: str = "auto") -> list[str]:
+           matmul: str = "float32") -> list[str]:
     """The model's greedy answer to each prompt (special tokens and the end token removed)."""
     tokenizer = hf_tokenizer.load_hf_tokenizer(model)
     config, params = checkpoint.load(model)
@@ -42,7 +42,7 @@ def answer(model: str, prompts: list[str], max_new_tokens: int = 128, stop=(), r
 
 def run(args) -> int:
     for prompt, reply in zip(args.prompt, answer(args.model, args.prompt, args.max_new_tokens, args.stop, args.raw,
-                                                  getattr(args, "matmul", "auto"))):
+                                                  getattr(args, "matmul", "float32"))):
         if len(args.prompt) > 1:
             print(f"> {prompt}")
         print(reply)

@@ -66,7 +66,7 @@ _broadcast_cache_jit = jax.jit(broadcast_cache, static_argnums=(1, 2))
 
 
 def greedy(config, params, prompts, max_new_tokens: int, eos_ids, stop=(), decode=None, cache_dtype=jnp.float32,
-           bucket: int = 1, prefix: bool = True, matmul: str = "auto"):
+           bucket: int = 1, prefix: bool = True, matmul: str = "float32"):
     """Greedy continuations of token-id prompts, decoded together with a key/value cache.
 
     prompts: lists of ids (any lengths; left-padded internally). eos_ids: ids that end a sequence

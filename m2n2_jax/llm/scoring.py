@@ -164,7 +164,7 @@ def logits_after_prefix(config, params, cache, tokens, gather, matmul: str = "fl
     return logits if target_only else jnp.take_along_axis(logits, gather[..., None], axis=1)
 
 
-def exact_match_scorer(config, plan: RowPlan, eos_ids: tuple = (), *, matmul: str = "auto",
+def exact_match_scorer(config, plan: RowPlan, eos_ids: tuple = (), *, matmul: str = "float32",
                        target_only: bool = True, likelihood: bool = False):
     """``scores(params) -> [N]``: teacher-forced exact match of each row of ``plan``, jit-able; with
     ``likelihood``, (exact match [N], gold likelihood [N])."""

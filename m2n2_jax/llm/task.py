@@ -54,7 +54,7 @@ def read_examples(path: str, limit: int | None = None) -> list[tuple[str, str]]:
 
 
 def exact_match_task(model: str, data: str, test_data: str | None = None, max_examples: int | None = None,
-                     batch_size: int = 64, separator: str = " ", matmul: str = "auto"):
+                     batch_size: int = 64, separator: str = " ", matmul: str = "float32"):
     """Merge Llama-family checkpoints shaped like the one in ``model`` on the examples of ``data``.
 
     model: a Hugging Face directory (config.json, safetensors, tokenizer.json) or a .gguf file;
@@ -65,8 +65,9 @@ def exact_match_task(model: str, data: str, test_data: str | None = None, max_ex
     batch_size: examples per forward call (bounds memory for long data sets).
     separator: put between prompt and answer when neither has whitespace there (default one space;
         '' joins them as written). Prompt and answer are tokenized together.
-    matmul: "auto" (bfloat16 operands with float32 accumulation where the backend runs them faster: a GPU,
-        TPU or a CPU with AMX / AVX512-BF16; else float32), "float32" or "bfloat16".
+    matmul: "float32" (default), "bfloat16" (bfloat16 operands, float32 accumulation: faster on GPUs, TPUs and
+        CPUs with AMX / AVX512-BF16, but it flips some exact-match scores: docs/results/llm-speed) or "auto"
+        (bfloat16 where the backend runs it faster, else float32).
 
     Scoring computes the logits only at answer tokens, batches rows of similar length and runs the prompt
     prefix all examples share once per child (:mod:`m2n2_jax.llm.scoring`).
