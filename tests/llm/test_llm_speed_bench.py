@@ -4,7 +4,8 @@ import os
 
 import numpy as np
 
-from m2n2_jax.llm import checkpoint, model, speed
+from m2n2_jax import bench_llm as speed
+from m2n2_jax.llm import checkpoint, model
 from m2n2_jax.llm.config import LlamaConfig
 
 
