@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from m2n2_jax import bench_llm as speed
+from m2n2_jax import bench_llm
 from m2n2_jax.llm import checkpoint, model
 from m2n2_jax.llm.config import LlamaConfig
 
@@ -12,7 +12,7 @@ from m2n2_jax.llm.config import LlamaConfig
 def tiny_model_directory(directory) -> str:
     import tokenizers
 
-    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + sorted({w for m, a in speed.example_rows(6) for w in (m + " " + a).split()})
+    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + sorted({w for m, a in bench_llm.example_rows(6) for w in (m + " " + a).split()})
     config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     checkpoint.save(str(directory), config, model.init_params(config, 0))
@@ -29,8 +29,8 @@ def tiny_model_directory(directory) -> str:
 
 def test_llm_bench_times_every_variant_and_scores_agree(tmp_path):
     directory = tiny_model_directory(tmp_path / "tiny")
-    variants = [speed.VARIANTS[0], speed.VARIANTS[-2]]  # before, and all savings in float32
-    record = speed.run_llm_benchmark(directory, rows=6, batch_size=4, repeats=1, out=str(tmp_path / "out"),
+    variants = [bench_llm.VARIANTS[0], bench_llm.VARIANTS[-2]]  # before, and all savings in float32
+    record = bench_llm.run_llm_benchmark(directory, rows=6, batch_size=4, repeats=1, out=str(tmp_path / "out"),
                                      variants=variants, gemm_size=64)
     assert set(record["best_seconds"]) == {v[0] for v in variants}
     assert all(record["exact_match_equal"][v[0]] == 6 for v in variants)
