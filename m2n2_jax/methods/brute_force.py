@@ -3,11 +3,14 @@
 Ratios t_i = i / (K - 1), i = 0..K-1 (t = 0 is model A, t = 1 is model B);
 each merged model SLERP(A, B; t) is scored on the training set (one forward
 pass each) and the first ratio with the highest training accuracy is kept.
-The search is deterministic, so every run gives the same line.
+The search is deterministic, so every run gives the same line. It runs as
+:class:`SlerpSweep` through the one search loop (:func:`m2n2_jax.engine.search.run_search`);
+:func:`search` scores the whole grid at once (the plain reference).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Sequence
 
@@ -18,11 +21,14 @@ import numpy as np
 
 from m2n2_jax.algorithm import crossover as xo
 from m2n2_jax.engine.devices import evaluate
-from m2n2_jax.engine.chunk_loop import RunResult
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.chunk_loop import RunOptions, RunResult
+from m2n2_jax.engine.search import Scorer, run_search
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.tasks.base import Task
 
 RATIOS = 10_000
+SWEEP_STEP = 200  # ratios scored per step of the sweep (the largest divisor of the budget up to this)
 
 
 def ratio_grid(count: int) -> jax.Array:
@@ -101,14 +107,16 @@ def run_brute_force(task: Task, seeds: Sequence[int], forward_passes: int = RATI
         raise ConfigError(f"brute-force needs at least 2 ratios (got a budget of {forward_passes}).")
     seeds = [int(s) for s in seeds] or [0]
     start = time.perf_counter()
-    ratios, acc, best = search(task, seed_models[0], seed_models[1], forward_passes)
-    best_t = float(ratios[best])
+    per_step = math.gcd(forward_passes, SWEEP_STEP)
+    swept = run_search(SlerpSweep(forward_passes, per_step), None, Scorer(task.score_vector), [0], seed_models,
+                       plan_budget(forward_passes, per_step, forward_passes), options=RunOptions(eval_batch_size=4))
+    best_t, best_score = float(swept.runs.state.best_t[0]), float(swept.runs.state.best_score[0])
     merged = xo.slerp(jnp.asarray(seed_models[0]), jnp.asarray(seed_models[1]), best_t)
     reported = {k: float(v) for k, v in task.metrics(merged).items()}
     wall = time.perf_counter() - start
     runs = len(seeds)
     metrics = {k: np.full((runs, 2), v) for k, v in reported.items()}
-    metrics["best_train_score"] = np.full((runs, 2), float(acc[best]))
+    metrics["best_train_score"] = np.full((runs, 2), best_score)
     config = {"method": "brute-force", "ratios": forward_passes, "grid": "t_i = i / (K - 1), SLERP(A, B; t)",
               "note": "deterministic: every run is the same reference line"}
     return RunResult("brute-force", seeds, [0, forward_passes], metrics, wall, config,
