@@ -258,7 +258,7 @@ def cmd_evolve(args) -> int:
 
     from m2n2_jax.io import results
     from m2n2_jax.engine import distributed
-    from m2n2_jax.methods.registry import DEFAULT_FORWARD_PASSES, INITS, prepare
+    from m2n2_jax.methods.registry import DEFAULT_FORWARD_PASSES, INITS, get, prepare
 
     settings = resolve_settings(args)
     method, init = settings["method"], settings["init"]
@@ -269,6 +269,11 @@ def cmd_evolve(args) -> int:
         "runs", f"{settings['task']}-{method}" + ("-pretrained" if init == "pretrained" else ""))
     task = _task_of(settings, args, train_size=settings["train_size"])
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
+    if get(method).family in ("engine", "map-elites"):  # memory known before work starts (one line if short)
+        from m2n2_jax.engine.memory import check_evolve
+
+        check_evolve(task.num_params, 2, len(seeds), settings["archive_size"] or (20 if get(method).family == "engine"
+                     else 100), settings["batch"], len(jax.local_devices()))
     run = prepare(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
                   **algorithm_settings(settings))  # every check, before anything is written
     distributed.main_first(_prepare_output, out, args)  # multi-host: process 0 prepares, the others wait
@@ -360,6 +365,15 @@ def cmd_merge(args) -> int:
         if started not in (None, merge_models.fingerprint(vectors)):
             raise ConfigError(f"--resume {args.resume}: the model files ({', '.join(paths)}) changed since this "
                               "merge started; put the original files back, or start a new merge in another --out.")
+    if not args.resume:  # memory known before work starts: keep, switch (announced) or refuse in one line
+        from m2n2_jax.engine import memory
+        import jax
+
+        spec = methods.get(method)
+        settings["archive"] = memory.plan_merge(
+            task.num_params, settings["archive"], args.archive is not None, len(paths), settings["runs"],
+            settings["archive_size"] or 20, settings["batch"], len(jax.local_devices()),
+            spec.recipes and not settings["mutation_std"], say=lambda line: print(line, file=sys.stderr))
     out = args.resume or args.out or os.path.join("runs", f"merge-{os.path.basename(settings['task'])}")
     seeds = list(range(settings["seed"], settings["seed"] + settings["runs"]))
     run = methods.prepare(method, task, seeds, settings["forward_passes"], init="pretrained",
