@@ -89,7 +89,6 @@ def test_a_run_that_would_not_fit_under_a_memory_limit_ends_in_one_line(tmp_path
     merge = limited("merge", *paths, "--task", f"{plugin}:make", "--forward-passes", 2, "--cpu-devices", 1,
                     "--out", tmp_path / "o", "--quiet", "--no-checkpoint")
     assert merge.returncode in (0, 2) and "Traceback" not in merge.stderr, merge.stderr
-    print(merge.stderr)
     if merge.returncode == 0:
         assert "using --archive recipes" in merge.stderr and (tmp_path / "o" / "merged.npy").exists()
     else:
