@@ -14,10 +14,11 @@ import jax
 from m2n2_jax.cli.options import EvolveSettings, add_run_control, add_settings, positive_int
 from m2n2_jax.cli.running import resolve, run_options, task_of
 from m2n2_jax.engine import distributed
+from m2n2_jax.engine.memory import check_evolve
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.io.run_dirs import prepare_output_dir
 from m2n2_jax.io.run_outputs import write_evolve_outputs
-from m2n2_jax.methods.registry import ALL_METHODS, DEFAULT_FORWARD_PASSES, INITS, names, prepare
+from m2n2_jax.methods.registry import ALL_METHODS, DEFAULT_FORWARD_PASSES, INITS, get, names, prepare
 from m2n2_jax.tasks import TASKS
 
 
@@ -51,6 +52,10 @@ def run(args) -> int:
         "runs", f"{settings['task']}-{method}" + ("-pretrained" if init == "pretrained" else ""))
     task = task_of(settings, args, train_size=settings["train_size"])
     seeds = settings.seeds()
+    family = get(method).family
+    if family in ("engine", "map-elites"):  # memory known before work starts (one line if short)
+        check_evolve(task.num_params, 2, len(seeds), settings["archive_size"] or (20 if family == "engine" else 100),
+                     settings["batch"], len(jax.local_devices()))
     start = prepare(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
                     **settings.algorithm())  # every check, before anything is written
     distributed.main_first(prepare_output_dir, out, bool(args.resume), args.overwrite)  # multi-host: process 0 first

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 import numpy as np
 
 import m2n2_jax.llm  # noqa: F401 (registers the Hugging Face and GGUF model files with io.model_files)
 from m2n2_jax.algorithm.flatten import check_finite_seeds
 from m2n2_jax.cli.options import MergeSettings, OneLineParser, add_run_control, add_settings
 from m2n2_jax.cli.running import resolve, run_options, task_of
-from m2n2_jax.engine import distributed
+from m2n2_jax.engine import distributed, memory
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.io import model_files
 from m2n2_jax.io.run_dirs import prepare_output_dir
@@ -76,6 +77,11 @@ def run(args) -> int:
         if started not in (None, merge_models.fingerprint(vectors)):
             raise ConfigError(f"--resume {args.resume}: the model files ({', '.join(paths)}) changed since this "
                               "merge started; put the original files back, or start a new merge in another --out.")
+    if not args.resume:  # memory known before work starts: keep, switch (announced) or refuse in one line
+        settings.values["archive"] = memory.plan_merge(
+            task.num_params, settings["archive"], args.archive is not None, len(paths), settings["runs"],
+            settings["archive_size"] or 20, settings["batch"], len(jax.local_devices()),
+            methods.get(method).recipes and not settings["mutation_std"], say=lambda line: print(line, file=sys.stderr))
     out = args.resume or args.out or os.path.join("runs", f"merge-{os.path.basename(settings['task'])}")
     seeds = settings.seeds()
     start = methods.prepare(method, task, seeds, settings["forward_passes"], init="pretrained",

@@ -67,7 +67,8 @@ def evolve(config: M2N2Config, task: Task, seeds: Sequence[int], forward_passes:
     start = time.perf_counter()
     state = runner.init_runs(config, task, seeds, seed_models)
     identity = run_identity(config.to_dict(), task, seeds, plan.forward_passes, plan.log_every, seed_models,
-                            options.identity_extra, start_scores=state.archive.scores)
+                            options.identity_extra,  # from scratch the start scores depend on the seeds: a probe
+                            start_scores=None if seed_models is None else state.archive.scores[0, :len(seed_models)])
     distributed.check_agreement(distributed.run_digests(identity, task, seed_models))  # multi-host: one line if they differ
     distributed.started()
     chunk = runner.make_chunk(config, task, plan.steps_per_log, eval_batch_size, mesh=mesh)

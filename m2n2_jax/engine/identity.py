@@ -7,11 +7,12 @@ refuses, in one line, to resume one whose identity differs
 the run seeds, the budget and log interval, the archive kind, a fingerprint
 of the input models, a fingerprint of the data and the caller's settings (the
 CLI's options). The data fingerprint covers what the score function sees: the
-scores and metrics of one fixed probe model (an input, else a random seed
-from PRNGKey(0)), the capacities and labels, and the contents of every file
-the task names in its ``info`` (a JSONL data set, say), so a data file edited
-between the start and the resume is noticed even when the probe's scores do
-not change.
+scores of the given input models (already computed by the run) or, from
+scratch, of one fixed probe model (a random seed from PRNGKey(0)); the
+capacities and labels; and the contents of every file the task names in its
+``info`` (a JSONL data set, say), so a data file edited between the start and
+the resume is noticed even when the scores do not change. Scores are float
+results: a checkpoint resumed on another kind of CPU may be refused for them.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def data_fingerprint(task, inputs=None, start_scores=None) -> str:
 
     if start_scores is None:
         probe = jax.numpy.asarray(inputs[0]) if inputs is not None else task.random_seed(jax.random.PRNGKey(0))
-        start_scores = [jax.jit(task.score_vector)(probe), jax.jit(task.metrics)(probe)]
+        start_scores = jax.jit(task.score_vector)(probe)
     seen = [task.num_datapoints, start_scores, task.capacity, task.train_labels]
     files = {k: _file_digest(v) for k, v in sorted((task.info or {}).items())
              if isinstance(v, str) and os.path.isfile(v)}
