@@ -18,7 +18,8 @@ from m2n2_jax.engine.memory import check_evolve
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.io.run_dirs import prepare_output_dir
 from m2n2_jax.io.run_outputs import write_evolve_outputs
-from m2n2_jax.methods.registry import ALL_METHODS, DEFAULT_FORWARD_PASSES, INITS, get, names, prepare
+from m2n2_jax.methods.registry import (ALL_METHODS, ARCHIVE_SIZES, DEFAULT_FORWARD_PASSES, INITS, get, names,
+                                       prepare)
 from m2n2_jax.tasks import TASKS
 
 
@@ -53,8 +54,8 @@ def run(args) -> int:
     task = task_of(settings, args, train_size=settings["train_size"])
     seeds = settings.seeds()
     family = get(method).family
-    if family in ("engine", "map-elites"):  # memory known before work starts (one line if short)
-        check_evolve(task.num_params, 2, len(seeds), settings["archive_size"] or (20 if family == "engine" else 100),
+    if family in ARCHIVE_SIZES:  # memory known before work starts (one line if short)
+        check_evolve(task.num_params, 2, len(seeds), settings["archive_size"] or ARCHIVE_SIZES[family],
                      settings["batch"], len(jax.local_devices()))
     start = prepare(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
                     **settings.algorithm())  # every check, before anything is written

@@ -85,6 +85,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            checkpoints=False, models=2),
 )}
 ALL_METHODS = tuple(REGISTRY)
+# Families that hold an archive of dense models, with its default size (what the memory check counts).
+ARCHIVE_SIZES: dict[str, int] = {"engine": 20, "map-elites": 100}
 # The M2N2 family as changes to the default config (what method_config applies).
 METHODS: dict[str, dict] = {m.name: m.overrides for m in REGISTRY.values() if m.family == "engine"}
 
