@@ -37,8 +37,8 @@ from m2n2_jax.errors import ConfigError
 
 MAX_STEPS = 6
 RESULTS_PER_PAGE = 5
-SPLITS = ("train", "fitness", "test")
-DEFAULT_SIZES = {"train": 500, "fitness": 100, "test": 100}
+SPLITS = ("train", "fitness", "selection", "test")
+DEFAULT_SIZES = {"train": 500, "fitness": 100, "selection": 100, "test": 100}
 BUY, BACK = "buy now", "back to search"
 COLOURS = ("red", "blue", "black", "white", "green", "grey", "pink", "yellow")
 CLOTHING_SIZES = ("XS", "S", "M", "L", "XL")
@@ -314,14 +314,16 @@ def make_goal(catalogue, rng: np.random.Generator) -> Goal:
 
 
 def make_splits(seed: int = 0, train: int = DEFAULT_SIZES["train"], fitness: int = DEFAULT_SIZES["fitness"],
-                test: int = DEFAULT_SIZES["test"], catalogue=None) -> dict[str, list[Goal]]:
-    """{"train", "fitness", "test"}: goals deterministic in ``seed``, no (type, attributes, option) in two
-    splits, each one the expert completes with reward 1 in at most :data:`MAX_STEPS` actions.
+                selection: int = DEFAULT_SIZES["selection"], test: int = DEFAULT_SIZES["test"],
+                catalogue=None) -> dict[str, list[Goal]]:
+    """{"train", "fitness", "selection", "test"}: goals deterministic in ``seed``, no (type, attributes, option)
+    and no instruction text in two places, each one the expert completes with reward 1 in at most
+    :data:`MAX_STEPS` actions (so no expert episode is in two splits either).
 
-    Goals of one stream fill test first, then fitness, then train.
+    Goals of one stream fill test first, then fitness, selection and train.
     """
     catalogue = make_catalogue(seed) if catalogue is None else catalogue
-    sizes = {"test": test, "fitness": fitness, "train": train}
+    sizes = {"test": test, "fitness": fitness, "selection": selection, "train": train}
     for name, size in sizes.items():
         if int(size) != size or size < 0:
             raise ConfigError(f"shop split {name} size must be a non-negative integer, got {size!r}.")
@@ -334,12 +336,12 @@ def make_splits(seed: int = 0, train: int = DEFAULT_SIZES["train"], fitness: int
                 raise ConfigError(f"cannot draw {total} distinct shop goals; ask for fewer.")
             goal = make_goal(catalogue, rng)
             key = (goal.type, goal.attributes, goal.options)
-            if key in seen:
+            if key in seen or goal.text in seen:
                 continue
             pairs = expert_episode(catalogue, goal)
             final = step(catalogue, pairs[-1][0], pairs[-1][1])
             if final.reward == 1.0 and len(pairs) <= MAX_STEPS:
-                seen.add(key)
+                seen.update((key, goal.text))
                 out[name].append(goal)
     return {name: out[name] for name in SPLITS}
 

@@ -8,9 +8,12 @@ phrase ``The answer is N.`` (:data:`ANSWER_PHRASE`), e.g.
 
     "4 * 3 = 12. 12 + 5 = 17. 50 - 17 = 33. The answer is 33."
 
-Splits are drawn from one deterministic stream per seed: the stream's distinct
-problems go to test first, then fitness, then train, so no problem text is in
-two splits and the test split does not change when train grows.
+Splits are drawn from one deterministic stream per seed: the stream's problems go
+to test first, then fitness, then selection, then train, each kept only when
+neither its question nor its worked solution has been drawn before. No question
+and no worked solution is in two splits (the same solution under other names
+would let fine-tuning memorise a held-out answer), and the test split does not
+change when train grows.
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ import numpy as np
 from m2n2_jax.errors import ConfigError
 
 ANSWER_PHRASE = "The answer is"
-SPLITS = ("train", "fitness", "test")
-DEFAULT_SIZES = {"train": 2000, "fitness": 100, "test": 200}
+SPLITS = ("train", "fitness", "selection", "test")
+DEFAULT_SIZES = {"train": 2000, "fitness": 100, "selection": 100, "test": 200}
 NAMES = ("Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eli", "Ana", "Ben", "Lily")
 
 
@@ -205,12 +208,14 @@ def make_problem(rng: np.random.Generator) -> Problem:
 
 
 def make_splits(seed: int = 0, train: int = DEFAULT_SIZES["train"], fitness: int = DEFAULT_SIZES["fitness"],
+                selection: int = DEFAULT_SIZES["selection"],
                 test: int = DEFAULT_SIZES["test"]) -> dict[str, list[Problem]]:
-    """{"train", "fitness", "test"}: disjoint lists of distinct problems, deterministic in ``seed``.
+    """{"train", "fitness", "selection", "test"}: problems deterministic in ``seed``, no question and no worked
+    solution in two places.
 
-    Distinct problems of one stream fill test, then fitness, then train (test does not depend on the other sizes).
+    The stream fills test, then fitness, selection and train (test does not depend on the other sizes).
     """
-    sizes = {"test": test, "fitness": fitness, "train": train}
+    sizes = {"test": test, "fitness": fitness, "selection": selection, "train": train}
     for name, size in sizes.items():
         if int(size) != size or size < 0:
             raise ConfigError(f"math split {name} size must be a non-negative integer, got {size!r}.")
@@ -223,8 +228,8 @@ def make_splits(seed: int = 0, train: int = DEFAULT_SIZES["train"], fitness: int
             draws += 1
             if draws > 50 * total + 1000:
                 raise ConfigError(f"cannot draw {total} distinct math problems; ask for fewer.")
-            if problem.prompt not in seen:
-                seen.add(problem.prompt)
+            if problem.prompt not in seen and problem.target not in seen:
+                seen.update((problem.prompt, problem.target))
                 out[name].append(problem)
     return {name: out[name] for name in SPLITS}
 

@@ -1,12 +1,13 @@
 """The WebShop-like simulator: catalogue, goals, pages, actions, reward, expert."""
 import dataclasses
+import itertools
 
 import pytest
 
 from m2n2_jax.errors import ConfigError
 from experiments.smollm2 import shop
 
-SIZES = dict(train=120, fitness=30, test=40)
+SIZES = dict(train=120, fitness=30, selection=20, test=40)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_catalogue_and_splits_are_deterministic_and_disjoint(catalogue, splits):
     assert {k: len(v) for k, v in splits.items()} == SIZES
     keys = {k: {(g.type, g.attributes, g.options) for g in v} for k, v in splits.items()}
     texts = {k: {g.text for g in v} for k, v in splits.items()}
-    for a, b in (("train", "test"), ("train", "fitness"), ("fitness", "test")):
+    for a, b in itertools.combinations(SIZES, 2):
         assert not keys[a] & keys[b] and not texts[a] & texts[b]
     assert all(len(keys[k]) == SIZES[k] for k in keys)
     assert len({g.type for g in splits["test"]}) >= 8

@@ -1,4 +1,5 @@
 """Arithmetic word problems: determinism, disjoint splits, worked solutions, answer extraction."""
+import itertools
 import re
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from m2n2_jax.errors import ConfigError
 from experiments.smollm2 import word_problems
 
-SIZES = dict(train=300, fitness=40, test=60)
+SIZES = dict(train=300, fitness=40, selection=30, test=60)
 
 
 def check_solution(target: str) -> int:
@@ -32,15 +33,15 @@ def test_splits_are_deterministic_disjoint_and_sized():
     assert {k: len(v) for k, v in a.items()} == SIZES
     texts = {k: {p.prompt for p in v} for k, v in a.items()}
     assert all(len(texts[k]) == SIZES[k] for k in texts)  # distinct within a split
-    assert not texts["train"] & texts["test"] and not texts["train"] & texts["fitness"] \
-        and not texts["fitness"] & texts["test"]
+    for x, y in itertools.combinations(texts, 2):
+        assert not texts[x] & texts[y]
     # test does not move when the other splits grow
-    assert word_problems.make_splits(3, train=10, fitness=5, test=60)["test"] == a["test"]
+    assert word_problems.make_splits(3, train=10, fitness=5, selection=0, test=60)["test"] == a["test"]
 
 
 def test_default_sizes_and_problems():
     splits = word_problems.make_splits()
-    assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "fitness": 100, "test": 200}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "fitness": 100, "selection": 100, "test": 200}
     assert word_problems.problems("test", limit=7) == splits["test"][:7]
     with pytest.raises(ConfigError, match="unknown split"):
         word_problems.problems("dev")
@@ -81,7 +82,7 @@ def test_extract_answer(text, want):
 
 
 def test_accuracy_is_the_mean_of_a_plain_loop():
-    problems = word_problems.make_splits(1, train=0, fitness=0, test=20)["test"]
+    problems = word_problems.make_splits(1, train=0, fitness=0, selection=0, test=20)["test"]
     rng = np.random.default_rng(0)
     texts = [p.target if rng.random() < 0.5 else f"The answer is {p.answer + 1}." for p in problems]
     want = sum(word_problems.extract_answer(t) == p.answer for p, t in zip(problems, texts)) / len(problems)
