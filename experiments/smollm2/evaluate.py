@@ -113,7 +113,7 @@ def _decode(tokenizer, ids) -> str:
 
 
 def generate_texts(config, params, tokenizer, prompts, max_new_tokens: int, stop=(), batch_size: int = 32,
-                   bucket: int = 32) -> list[str]:
+                   bucket: int = 32, matmul: str = "float32") -> list[str]:
     """Greedy replies (KV cache) to formatted prompts, in batches of ``batch_size`` prompts of similar
     length; with ``bucket`` > 1 the prompts are left-padded to a multiple of ``bucket`` tokens and a batch
     is filled up to a power of two with copies, to reuse compiled shapes. The end token is removed, a stop
@@ -127,17 +127,17 @@ def generate_texts(config, params, tokenizer, prompts, max_new_tokens: int, stop
         width = 1 << (len(rows) - 1).bit_length()  # a power of two: few distinct batch shapes to compile
         rows += [rows[0]] * (min(width, batch_size) - len(rows)) if bucket > 1 else []
         new = generate.greedy(config, params, rows, max_new_tokens, tokenizer.eos_ids,
-                              stop=tuple(stop), decode=tokenizer.decode, bucket=bucket)
+                              stop=tuple(stop), decode=tokenizer.decode, bucket=bucket, matmul=matmul)
         for i, n in zip(chunk, new):
             out[i] = _decode(tokenizer, n)
     return out
 
 
 def evaluate_math(config, params, tokenizer, problems, batch_size: int = 32,
-                  max_new_tokens: int = MAX_NEW_TOKENS["math"]) -> dict:
+                  max_new_tokens: int = MAX_NEW_TOKENS["math"], matmul: str = "float32") -> dict:
     """Held-out math: accuracy of the answers extracted from greedy replies, per-problem scores, texts."""
     texts = generate_texts(config, params, tokenizer, [format_prompt("math", p.prompt) for p in problems],
-                           max_new_tokens, STOP["math"], batch_size)
+                           max_new_tokens, STOP["math"], batch_size, matmul=matmul)
     scores = word_problems.math_scores(problems, texts)
     return {"accuracy": float(scores.mean()) if len(scores) else 0.0, "scores": scores.tolist(), "texts": texts}
 
@@ -187,18 +187,21 @@ def agent_metrics(episodes) -> dict:
             "rewards": rewards, "steps": [len(e.actions) for e in episodes]}
 
 
-def model_policy(config, params, tokenizer, batch_size: int = 32, max_new_tokens: int = MAX_NEW_TOKENS["agent"]):
+def model_policy(config, params, tokenizer, batch_size: int = 32, max_new_tokens: int = MAX_NEW_TOKENS["agent"],
+                 matmul: str = "float32"):
     """A policy for :func:`run_episodes`: the model's greedy reply (first line) to each prompt."""
     def policy(prompts):
-        texts = generate_texts(config, params, tokenizer, prompts, max_new_tokens, STOP["agent"], batch_size)
+        texts = generate_texts(config, params, tokenizer, prompts, max_new_tokens, STOP["agent"], batch_size,
+                               matmul=matmul)
         return [t.strip().split("\n")[0].strip() if t.strip() else "" for t in texts]
     return policy
 
 
 def evaluate_agent(config, params, tokenizer, goals, items, batch_size: int = 32,
-                   max_new_tokens: int = MAX_NEW_TOKENS["agent"]) -> dict:
+                   max_new_tokens: int = MAX_NEW_TOKENS["agent"], matmul: str = "float32") -> dict:
     """Held-out agent: episodes of the model's greedy actions; mean reward, success rate, per episode."""
-    episodes = run_episodes(model_policy(config, params, tokenizer, batch_size, max_new_tokens), goals, items)
+    episodes = run_episodes(model_policy(config, params, tokenizer, batch_size, max_new_tokens, matmul), goals,
+                            items)
     return {**agent_metrics(episodes), "actions": [e.actions for e in episodes]}
 
 

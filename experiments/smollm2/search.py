@@ -61,27 +61,40 @@ class Scorer:
     """score(recipe) -> per-datapoint scores [N] (math first, then agent goals), memoised.
 
     ``score_params(params) -> [N]`` is the task's fitness; ``layout`` turns a flat vector into params.
+    With ``keep`` > 0 it remembers the ``keep`` distinct children of highest mean score (ties: the one
+    scored first), with what makes them (a recipe, or a dense vector): the candidates of :func:`pick`.
     """
 
-    def __init__(self, bank: recipes.SeedBank, layout, score_params, memo: Memo | None = None, progress=None):
+    def __init__(self, bank: recipes.SeedBank, layout, score_params, memo: Memo | None = None, progress=None,
+                 keep: int = 0):
         self.bank, self.layout, self.score_params = bank, layout, score_params
-        self.memo, self.progress = memo or Memo(None), progress
+        self.memo, self.progress, self.keep = memo or Memo(None), progress, keep
         self.buffer = np.empty(bank.size, np.float32)
         self.evaluations, self.fresh, self.seconds, self.times = 0, 0, 0.0, []
+        self.best: list[tuple[float, int, str, object]] = []  # (mean score, -order, key, recipe or vector)
 
     def dense(self, recipe):
         return self.layout.unravel(jnp.asarray(self.bank.materialise(recipe, self.buffer)))
 
     def __call__(self, recipe) -> np.ndarray:
-        return self._scored(recipe_key(recipe), lambda: self.dense(recipe))
+        return self._scored(recipe_key(recipe), lambda: self.dense(recipe), recipe)
 
     def score_vector(self, x) -> np.ndarray:
         """Scores of a dense flat vector (memoised by a hash of a strided sample of it)."""
         x = np.asarray(x, np.float32)
-        key = "v" + hashlib.sha1(x[::101].tobytes() + np.float64(np.sum(x, dtype=np.float64)).tobytes()).hexdigest()
-        return self._scored(key, lambda: self.layout.unravel(jnp.asarray(x)))
+        return self._scored(vector_key(x), lambda: self.layout.unravel(jnp.asarray(x)), x)
 
-    def _scored(self, key: str, params) -> np.ndarray:
+    def candidates(self) -> list[tuple[str, object, float]]:
+        """(key, recipe or vector, mean score) of the remembered children, best first."""
+        return [(key, payload, mean) for mean, _, key, payload in self.best]
+
+    def _remember(self, key: str, scores, payload) -> None:
+        if self.keep < 1 or any(k == key for _, _, k, _ in self.best):
+            return
+        self.best.append((float(np.mean(scores)), -self.evaluations, key, payload))
+        self.best = sorted(self.best, key=lambda b: (b[0], b[1]), reverse=True)[:self.keep]
+
+    def _scored(self, key: str, params, payload=None) -> np.ndarray:
         scores = self.memo.get(key)
         if scores is None:
             start = time.perf_counter()
@@ -90,10 +103,25 @@ class Scorer:
             self.seconds += self.times[-1]
             self.fresh += 1
             self.memo.put(key, scores)
+        self._remember(key, scores, payload)
         self.evaluations += 1
         if self.progress is not None:
             self.progress.update(1)
         return scores
+
+
+def vector_key(x) -> str:
+    """A hash of a flat vector (a strided sample and the float64 sum): names identical dense merges."""
+    x = np.asarray(x, np.float32)
+    return "v" + hashlib.sha1(x[::101].tobytes() + np.float64(np.sum(x, dtype=np.float64)).tobytes()).hexdigest()
+
+
+def pick(candidates, selection: Scorer) -> tuple[int, list[float]]:
+    """(index of the reported child, selection mean score of each candidate): the candidate with the highest
+    mean score on the selection split, ties to the earlier one (the higher fitness)."""
+    means = [float(np.mean(selection(p) if isinstance(p, recipes.Recipe) else selection.score_vector(p)))
+             for _, p, _ in candidates]
+    return int(np.argmax(means)), means
 
 
 def warmup_child(config, key, bank) -> recipes.Recipe:

@@ -97,7 +97,7 @@ def transformers_math(directory, problems, max_new_tokens):
 
 def _pipeline_run():
     run = os.environ.get("M2N2_SMOL_RUN", os.path.join("runs", "smollm2-merge"))
-    merged, ev = os.path.join(run, "m2n2-merged"), os.path.join(run, "evals", "m2n2.json")
+    merged, ev = os.path.join(run, "m2n2-merged"), os.path.join(run, "evals", "m2n2 s0.json")
     return (merged, ev) if os.path.isfile(os.path.join(merged, "model.safetensors")) and os.path.isfile(ev) else None
 
 
@@ -161,7 +161,7 @@ def test_pipeline_ties_tensor_by_tensor_equals_the_library_on_the_whole_vector()
 
 def test_fitness_agreement_matches_scipy_correlations():
     from scipy import stats
-    from experiments.smollm2 import pipeline
+    from experiments.smollm2 import report
 
     rng = np.random.default_rng(0)
     names = ["base", "math specialist", "agent specialist"] + [f"m{i}" for i in range(5)]
@@ -171,7 +171,7 @@ def test_fitness_agreement_matches_scipy_correlations():
     for r in rows.values():
         r["fitness_mean"] = (r["fitness_math"] + r["fitness_agent"]) / 2
         r["average"] = (r["math_accuracy"] + r["agent_reward"]) / 2
-    got = pipeline.fitness_agreement(rows)
+    got = report.fitness_agreement(rows)
     assert got["models"] == len(names)
     for task, (f, h) in {"math": ("fitness_math", "math_accuracy"), "agent": ("fitness_agent", "agent_reward"),
                          "average": ("fitness_mean", "average")}.items():
@@ -181,32 +181,137 @@ def test_fitness_agreement_matches_scipy_correlations():
     merges = names[3:]
     for n in names:
         rows[n]["kind"] = "seed" if n not in merges else "search"
-    only = pipeline.fitness_agreement(rows)["merges_only"]
+    only = report.fitness_agreement(rows)["merges_only"]
     a, b = [rows[n]["fitness_agent"] for n in merges], [rows[n]["agent_reward"] for n in merges]
     assert only["models"] == 5 and only["agent"]["spearman"] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
     m, ag = rows["math specialist"], rows["agent specialist"]
     want = (m["fitness_math"] > ag["fitness_math"]) == (m["math_accuracy"] > ag["math_accuracy"])
     assert got["seeds_ordered_alike"]["math"] == want
     flat = {n: {**r, "fitness_agent": 0.5} for n, r in rows.items()}  # a constant column: no correlation, no crash
-    assert pipeline.fitness_agreement(flat)["agent"] is None
+    assert report.fitness_agreement(flat)["agent"] is None
 
 
-def test_paired_average_gap_against_a_plain_loop(tmp_path):
-    from experiments.smollm2 import pipeline
+def _var(xs):
+    m = sum(xs) / len(xs)
+    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+
+
+def test_paired_gap_averages_seeds_per_item_against_a_plain_loop():
+    from experiments.smollm2 import report
 
     rng = np.random.default_rng(1)
-    evals = {n: {"math_scores": rng.integers(0, 2, 20).astype(float).tolist(),
-                 "agent_rewards": rng.choice([0.0, 0.5, 0.75, 1.0], 10).tolist()} for n in ("a", "b")}
-    for n, e in evals.items():
-        with open(tmp_path / f"{n}.json", "w") as f:
-            json.dump(e, f)
-    got = pipeline.paired_average_gap(str(tmp_path), "a", "b")
-    dm = [x - y for x, y in zip(evals["a"]["math_scores"], evals["b"]["math_scores"])]
-    da = [x - y for x, y in zip(evals["a"]["agent_rewards"], evals["b"]["agent_rewards"])]
-
-    def var(xs):
-        m = sum(xs) / len(xs)
-        return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    a = {"math": rng.integers(0, 2, (3, 20)).astype(float), "agent": rng.choice([0.0, 0.5, 1.0], (3, 10))}
+    b = {"math": rng.integers(0, 2, (1, 20)).astype(float), "agent": rng.choice([0.0, 0.5, 1.0], (1, 10))}
+    got = report.paired_gap(a, b)
+    dm = [sum(a["math"][s][i] for s in range(3)) / 3 - b["math"][0][i] for i in range(20)]
+    da = [sum(a["agent"][s][i] for s in range(3)) / 3 - b["agent"][0][i] for i in range(10)]
     assert got["gap"] == pytest.approx((sum(dm) / 20 + sum(da) / 10) / 2)
-    assert got["se"] == pytest.approx((var(dm) / 20 + var(da) / 10) ** 0.5 / 2)
-    assert pipeline.paired_average_gap(str(tmp_path), "a", "missing") is None
+    assert got["se_items"] == pytest.approx((_var(dm) / 20 + _var(da) / 10) ** 0.5 / 2)
+    assert got["sd_math_diff"] == pytest.approx(_var(dm) ** 0.5)
+
+
+def test_bootstrap_interval_is_zero_for_equal_methods_and_matches_the_paired_se_without_seed_noise():
+    from experiments.smollm2 import report
+
+    rng = np.random.default_rng(2)
+    a = {"math": rng.integers(0, 2, (1, 400)).astype(float), "agent": rng.random((1, 300))}
+    assert report.bootstrap_gap(a, a, reps=200) == (0.0, 0.0)
+    b = {"math": rng.integers(0, 2, (1, 400)).astype(float), "agent": rng.random((1, 300))}
+    low, high = report.bootstrap_gap(a, b, reps=2000)
+    gap = report.paired_gap(a, b)
+    assert low < gap["gap"] < high
+    assert (high - low) / 2 == pytest.approx(report.Z95 * gap["se_items"], rel=0.15)
+    # seed noise widens it: three seeds of b whose agent rewards differ by a constant (same seed mean)
+    b3 = {"math": np.repeat(b["math"], 3, 0), "agent": b["agent"] + np.array([[-0.3], [0.0], [0.3]])}
+    assert report.paired_gap(a, b3)["gap"] == pytest.approx(gap["gap"])
+    low3, high3 = report.bootstrap_gap(a, b3, reps=2000)
+    assert high3 - low3 > 1.5 * (high - low)
+
+
+def test_sizes_give_the_half_width_they_promise():
+    from experiments.smollm2 import report
+
+    n = report.items_needed(0.32, 0.28)
+    assert report.half_width(0.32, 0.28, n, n) <= 0.05 < report.half_width(0.32, 0.28, n - 1, n - 1)
+    assert report.half_width(0.32, 0.28, 100, 80) < 0.05  # the defaults
+
+
+def test_scorer_keeps_the_best_children_as_a_full_sort_would():
+    scorer, _ = toy()
+    scorer.keep = 3
+    rng = np.random.default_rng(3)
+    seen = []
+    for i in range(12):
+        x = rng.normal(size=D).astype(np.float32)
+        seen.append((float(np.mean(scorer.score_vector(x))), -i, search.vector_key(x)))
+    scorer.score_vector(x)  # a repeat is not a second candidate
+    want = [k for _, _, k in sorted(seen, reverse=True)[:3]]
+    assert [k for k, _, _ in scorer.candidates()] == want
+    # pick: the best on the selection scores, ties to the earlier candidate
+    selection, _ = toy()
+    selection.score_params = lambda x: np.full(NUM_MATH + NUM_AGENT, 0.5, np.float32)
+    chosen, means = search.pick(scorer.candidates(), selection)
+    assert chosen == 0 and means == [0.5] * 3
+    selection.score_params = lambda x: np.full(NUM_MATH + NUM_AGENT, float(x[0]), np.float32)
+    selection.memo = search.Memo(None)
+    chosen, means = search.pick(scorer.candidates(), selection)
+    assert chosen == int(np.argmax(means)) and means == pytest.approx([float(c[1][0]) for c in scorer.candidates()], rel=1e-6)
+
+
+def test_provenance_is_the_per_layer_mean_of_a_plain_per_coordinate_loop():
+    from experiments.smollm2 import pipeline
+
+    groups = np.repeat([3, 0, 1, 2, 4], [5, 7, 6, 9, 4])  # embedding (3 = L), layers 0-2, final norm (4)
+    recipe = recipes.Recipe(np.array([0, 4, 15, 31]), np.array([[1.0, 0.0], [0.2, 0.6], [0.0, 2.0]]))
+    got = pipeline.provenance(recipe, groups, num_layers=3)
+    share = np.empty(len(groups))
+    for seg in range(3):
+        for i in range(recipe.bounds[seg], recipe.bounds[seg + 1]):
+            share[i] = recipe.coeffs[seg, 0] / recipe.coeffs[seg].sum()
+    want = [share[groups == g].mean() for g in (3, 0, 1, 2, 4)]
+    np.testing.assert_allclose(got["math_share"], want, rtol=1e-12)
+    assert got["layers"] == ["embedding", "layer 0", "layer 1", "layer 2", "final norm / head"]
+
+
+def test_report_from_rows_and_evals(tmp_path):
+    """The report from a run directory: seed means, M2N2-minus rows, sizes, and the three plots."""
+    from experiments.smollm2 import report
+
+    rng = np.random.default_rng(4)
+    out = tmp_path / "run"
+    (out / "rows").mkdir(parents=True)
+    (out / "evals").mkdir()
+    order = [report.search_row_name(m, k) for k in range(2) for m in ("m2n2", "ga")] + ["linear"]
+    for name in list(report.SEEDS) + order:
+        math, agent = rng.integers(0, 2, 30).astype(float), rng.random(20)
+        method, kind = (name.split(" s")[0], "search") if name in order[:4] else (name, "seed")
+        row = {"kind": kind if name != "linear" else "classic", "math_accuracy": math.mean(),
+               "agent_reward": agent.mean(), "agent_success": 0.0, "average": (math.mean() + agent.mean()) / 2,
+               "fitness_math": rng.random(), "fitness_agent": rng.random(), "fitness_mean": 0.5,
+               "selection_mean": 0.4, "wall_seconds": 10.0, "peak_rss_mb": 100.0}
+        if kind == "search":
+            row.update(method=method, search_seed=int(name[-1]), curve=[[1, 0.1], [2, 0.3]], inserted=2,
+                       provenance={"layers": ["embedding", "layer 0"], "math_share": [0.3, 0.7]})
+        json.dump(row, open(out / "rows" / f"{name}.json", "w"))
+        json.dump({"math_scores": math.tolist(), "agent_rewards": agent.tolist()}, open(out / "evals" / f"{name}.json", "w"))
+    run = {"command": "x", "settings": {"math_test": 30, "agent_test": 20, "budget": 2, "warmup": 0,
+                                        "candidates": 1, "selection_items": 2},
+           "fitness": {"math_problems": 2, "agent_goals": 2, "agent_steps": 8}, "row_order": order, "num_params": 10,
+           "seconds": 60.0, "environment": {"cpu": "test"},
+           "seven_b": {"135m_seconds_per_child_measured_cpu": None, "fitness_tokens_per_child": 5,
+                       "135m_flops_per_child": 1e9, "7b_flops_per_child": 1e12,
+                       "7b_seconds_per_child_h100_at_40pct": 0.1, "7b_recipe_archive_gib": 1.0,
+                       "7b_dense_archive_15_gib": 5.0}}
+    json.dump(run, open(out / "run.json", "w"))
+    results = report.report(str(out))
+    m = results["methods_summary"]["m2n2"]
+    rows = results["rows"]
+    assert m["seeds"] == [0, 1]
+    assert m["average"][0] == pytest.approx((rows["m2n2 s0"]["average"] + rows["m2n2 s1"]["average"]) / 2)
+    assert m["average"][1] == pytest.approx(abs(rows["m2n2 s0"]["average"] - rows["m2n2 s1"]["average"]) / 2)
+    assert set(results["m2n2_minus"]) == {"ga"}
+    table = (out / "table.md").read_text()
+    for heading in ("Search methods", "M2N2 minus", "Sizes", "Scale"):
+        assert heading in table
+    for png in ("merge.png", "curves.png", "provenance.png"):
+        assert (out / png).stat().st_size > 1000
