@@ -216,21 +216,30 @@ def classic_merge(name: str, base, seeds, tensor_ids, s: Settings):
 
 
 def run_search(name: str, scorer, seed_scores, num_math: int, s: Settings, llama_config, seed: int):
-    """(curve, info) of one search run; the scorer remembers its best children (the candidates)."""
+    """(curve, info, decode) of one search run; the scorer remembers its best children (the candidates: recipes,
+    or for per-layer CMA-ES coefficient genomes that ``decode`` turns into the merged vector)."""
+    decode = None
     if name == "map-elites-4x4":
         _, _, curve, info = search.run_map_elites(scorer, seed_scores, num_math, s.budget, s.warmup, seed)
     elif name == "cma-es-layers":
         groups = layer_cma.layer_groups(llama_config, scorer.layout)
-        tensor_ids = classic_merges.leaf_groups(scorer.layout)
-        result = layer_cma.cma_es_layer_slerp(jnp.asarray(scorer.bank.seeds), groups, scorer.score_vector, s.budget,
-                                              seed, tensor_ids=tensor_ids, population=s.cma_population)
+        decode, num_groups = layer_cma.layer_slerp_decoder(scorer.bank.seeds, groups,
+                                                           classic_merges.leaf_groups(scorer.layout))
+        genome = {}
+
+        def merge(w):  # the search scores merge(w) right away: the candidate keeps w, not the 135M vector
+            genome["w"] = np.asarray(w)
+            return decode(w)
+        result = layer_cma.cma_es_search(merge, lambda x: scorer.score_vector(x, payload=genome["w"]),
+                                         np.full((num_groups, 1), 0.5, np.float32), s.budget, seed,
+                                         population=s.cma_population, sigma=0.3)
         scorer.evaluations = result.evaluated
         curve, info = [list(p) for p in result.curve], {
-            "population": s.cma_population, "groups": int(np.asarray(groups).max()) + 1,
+            "population": s.cma_population, "groups": num_groups,
             "best_coefficients": [round(float(c), 4) for c in np.ravel(result.coefficients)]}
     else:
         _, _, curve, info = search.run_m2n2(name, scorer, seed_scores, s.budget, s.warmup, s.archive_size, seed)
-    return curve, info
+    return curve, info, decode
 
 
 def provenance(recipe: recipes.Recipe, groups: np.ndarray, num_layers: int) -> dict:
@@ -375,13 +384,16 @@ def run(s: Settings, out: str, gguf: str = GGUF, cache: str = specialists.CACHE,
         memo = search.Memo(os.path.join(out, "memo", f"{method}-s{seed}.json"))
         scorer = search.Scorer(bank, layout, score_params, memo, bar, keep=s.candidates)
         log(f"{name}: {s.budget} fitness evaluations")
-        curve, info = run_search(method, scorer, seed_scores, num_math, s, config, seed)
+        curve, info, decode = run_search(method, scorer, seed_scores, num_math, s, config, seed)
         if bar is not None:
             bar.close()
         candidates = scorer.candidates()
-        chosen, selection_means = search.pick(candidates, selection)
+        chosen, selection_means = search.pick(candidates, selection, decode)
         key, payload, _ = candidates[chosen]
-        vector = bank.materialise(payload) if isinstance(payload, recipes.Recipe) else np.asarray(payload)
+        if isinstance(payload, recipes.Recipe):
+            vector = bank.materialise(payload)
+        else:
+            vector = np.asarray(payload if decode is None else decode(payload))
         scores = memo.get(key)
         info = {**info, "method": method, "search_seed": seed, "curve": curve, "evaluations": scorer.evaluations,
                 "scored_now": scorer.fresh, "candidate_fitness": [c[2] for c in candidates],

@@ -329,6 +329,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str, legend_ax=None) -> None:
+    if legend_ax is not None:
+        legend_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 def plot_heldout(path: str, rows: dict, summary: dict) -> None:
     """Held-out math accuracy and agent reward: seeds and classic merges, then search methods (seed mean ± SE)."""
     plt = _pyplot()
@@ -342,10 +350,7 @@ def plot_heldout(path: str, rows: dict, summary: dict) -> None:
     ax.bar(x + 0.2, [b[3] for b in bars], 0.4, yerr=[b[4] for b in bars], label="held-out agent reward")
     ax.set_xticks(x, [b[0] for b in bars], rotation=45, ha="right")
     ax.set_title("SmolLM2-135M merges (search methods: mean ± SE over search seeds)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, ax)
 
 
 def plot_curves(path: str, summary: dict) -> None:
@@ -358,10 +363,7 @@ def plot_curves(path: str, summary: dict) -> None:
             ax.plot(c[:, 0], c[:, 1], label=f"{LABELS.get(method, method)} ({len(m['seeds'])} seeds)")
     ax.set_xlabel("fitness evaluations")
     ax.set_ylabel("best mean fitness (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, ax)
 
 
 def plot_provenance(path: str, rows: dict, method: str = "m2n2") -> None:
@@ -376,7 +378,4 @@ def plot_provenance(path: str, rows: dict, method: str = "m2n2") -> None:
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("share of the math specialist")
     ax.set_title("Provenance of M2N2's merge (the rest comes from the agent specialist)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, ax)

@@ -79,10 +79,11 @@ class Scorer:
     def __call__(self, recipe) -> np.ndarray:
         return self._scored(recipe_key(recipe), lambda: self.dense(recipe), recipe)
 
-    def score_vector(self, x) -> np.ndarray:
-        """Scores of a dense flat vector (memoised by a hash of a strided sample of it)."""
+    def score_vector(self, x, payload=None) -> np.ndarray:
+        """Scores of a dense flat vector (memoised by a hash of a strided sample of it). ``payload``: what a
+        candidate keeps instead of the vector (e.g. a search's genome: kilobytes, not the model)."""
         x = np.asarray(x, np.float32)
-        return self._scored(vector_key(x), lambda: self.layout.unravel(jnp.asarray(x)), x)
+        return self._scored(vector_key(x), lambda: self.layout.unravel(jnp.asarray(x)), x if payload is None else payload)
 
     def candidates(self) -> list[tuple[str, object, float]]:
         """(key, recipe or vector, mean score) of the remembered children, best first."""
@@ -116,11 +117,15 @@ def vector_key(x) -> str:
     return "v" + hashlib.sha1(x[::101].tobytes() + np.float64(np.sum(x, dtype=np.float64)).tobytes()).hexdigest()
 
 
-def pick(candidates, selection: Scorer) -> tuple[int, list[float]]:
+def pick(candidates, selection: Scorer, decode=None) -> tuple[int, list[float]]:
     """(index of the reported child, selection mean score of each candidate): the candidate with the highest
-    mean score on the selection split, ties to the earlier one (the higher fitness)."""
-    means = [float(np.mean(selection(p) if isinstance(p, recipes.Recipe) else selection.score_vector(p)))
-             for _, p, _ in candidates]
+    mean score on the selection split, ties to the earlier one (the higher fitness). A candidate is a recipe,
+    a dense vector, or a genome that ``decode`` turns into a dense vector."""
+    def scores(p):
+        if isinstance(p, recipes.Recipe):
+            return selection(p)
+        return selection.score_vector(p if decode is None else decode(p))
+    means = [float(np.mean(scores(p))) for _, p, _ in candidates]
     return int(np.argmax(means)), means
 
 

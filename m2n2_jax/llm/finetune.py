@@ -100,7 +100,7 @@ def batch_schedule(lengths, batch_size: int, steps: int, seed: int) -> list[np.n
 
 
 def make_optimizer(s: FinetuneSettings):
-    schedule = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, max(1, min(s.warmup, s.steps - 1)),
+    schedule = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, max(0, min(s.warmup, s.steps - 1)),
                                                   s.steps, s.learning_rate * 0.1)
     return optax.chain(optax.clip_by_global_norm(s.clip_norm), optax.adamw(schedule, weight_decay=s.weight_decay))
 

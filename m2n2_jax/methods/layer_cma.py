@@ -170,13 +170,7 @@ def cma_es_layer_slerp(seeds, groups, score: Callable, budget: int, seed: int, *
     seeds = jnp.asarray(seeds)
     if seeds.ndim != 2 or seeds.shape[0] < 2:
         raise ConfigError(f"seeds must be [K, D] with K >= 2 (got shape {seeds.shape}).")
-    tensor_ids = groups if tensor_ids is None else tensor_ids
-    tg = jnp.asarray(tensor_groups(tensor_ids, groups))
-    num_groups = int(np.asarray(groups).max()) + 1
-    tensor_ids = jnp.asarray(tensor_ids)
-
-    def merge(w):
-        return _layer_slerp(seeds, w, tensor_ids, tg)
+    merge, num_groups = layer_slerp_decoder(seeds, groups, tensor_ids)
     return cma_es_search(merge, score, jnp.full((num_groups, seeds.shape[0] - 1), start), budget, seed,
                          population=population, sigma=sigma)
 
@@ -188,3 +182,13 @@ def cma_es_task_arithmetic(base, seeds, groups, score: Callable, budget: int, se
     merge = jax.jit(lambda w: classic_merges.grouped_task_arithmetic(base, seeds, groups, w))
     return cma_es_search(merge, score, jnp.full((num_groups, seeds.shape[0]), start), budget, seed,
                          population=population, sigma=sigma)
+
+
+def layer_slerp_decoder(seeds, groups, tensor_ids=None):
+    """(decode, number of groups): ``decode(coefficients [G, K - 1]) -> merged vector`` is :func:`layer_slerp`
+    with the tensors' groups computed once, for searches that decode many genomes (or decode one again later)."""
+    seeds = jnp.asarray(seeds)
+    tensor_ids = groups if tensor_ids is None else tensor_ids
+    tg = jnp.asarray(tensor_groups(tensor_ids, groups))
+    tensor_ids = jnp.asarray(tensor_ids)
+    return (lambda w: _layer_slerp(seeds, jnp.asarray(w), tensor_ids, tg)), int(np.asarray(groups).max()) + 1
