@@ -296,8 +296,9 @@ def write_table(path: str, results: dict) -> None:
                           f"{fmt(only.get('agent'))}; average {fmt(only.get('average'))}.")
     search_rows = [r for r in rows.values() if r.get("kind") == "search" and "inserted" in r]
     if search_rows:
-        lines += ["", "Competition: children that entered the archive, of those evaluated after the warm-up: "
-                  + "; ".join(f"{n} {r['inserted']}" for n, r in rows.items() if r in search_rows) + ". "
+        lines += ["", "Competition: insertions into the archive (the seeds included) against evaluations: "
+                  + "; ".join(f"{n} {r['inserted']} of {r.get('evaluations', '?')}" for n, r in rows.items()
+                              if r in search_rows) + ". "
                   "Selection changed the pick (not the child of best fitness) in "
                   f"{sum(bool(r.get('selection_changed_pick')) for r in search_rows)} of {len(search_rows)} runs."]
     seven = results["seven_b"]
