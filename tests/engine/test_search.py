@@ -168,3 +168,39 @@ def test_a_resumed_recipe_run_equals_an_uninterrupted_one(tmp_path):
     np.testing.assert_array_equal(resumed.best[0].coeffs, whole.best[0].coeffs)
     for name in ("best_train_score", "inserted", "norm"):
         np.testing.assert_array_equal(resumed.metrics[name], whole.metrics[name])
+
+
+def test_recipe_map_elites_keeps_the_best_child_of_every_cell_and_runs_as_a_plain_loop():
+    from m2n2_jax.methods.recipe_map_elites import RecipeMapElites
+
+    _, recipe_m2n2, scorer = recipe_problem()
+    bank = recipe_m2n2.bank
+    seen = []  # every scored model: (cell, quality, recipe)
+    descriptor = lambda s: (int(min(np.mean(s[:4]) * 3, 2)), int(min(np.mean(s[4:]) * 3, 2)))
+
+    def recording(recipe):
+        scores = scorer.score(recipe)
+        seen.append((descriptor(scores), float(np.mean(scores)), recipe))
+        return scores
+
+    strategy = RecipeMapElites(bank, descriptor, warmup=3)
+    got = run_search(strategy, None, Scorer(recording, jittable=False), [8], strategy.seeds(), plan_budget(20, 1, 5),
+                     keys=ENGINE)
+    grid = got.runs.state[0]
+    assert grid.evaluated == 20 and len(seen) == 3 + 20  # the seeds, then one child per step
+    for cell, (recipe, quality, _) in grid.cells.items():
+        first_best = max((q for c, q, _ in seen if c == cell))
+        assert quality == first_best and any(r is recipe for c, q, r in seen if c == cell and q == quality)
+    assert set(grid.cells) == {c for c, _, _ in seen}
+    assert got.metrics["best_train_score"][0, -1] == np.float32(max(q for _, q, _ in seen))
+    assert got.metrics["occupied_cells"][0, -1] == len(grid.cells)
+    # the same run as a plain loop of the strategy (the engine's key chain), the seeds scored first
+    plain = strategy.init(None, strategy.seeds(), [scorer.score(r) for r in strategy.seeds()])
+    key = jax.random.PRNGKey(8)
+    for _ in range(20):
+        key, sub = jax.random.split(key)
+        children, plain = strategy.ask(sub, plain)
+        plain, _ = strategy.tell(sub, children, np.stack([scorer.score(c) for c in children]), plain)
+    assert plain.inserted == grid.inserted and sorted(plain.cells) == sorted(grid.cells)
+    for cell in grid.cells:
+        np.testing.assert_array_equal(plain.cells[cell][0].coeffs, grid.cells[cell][0].coeffs)
