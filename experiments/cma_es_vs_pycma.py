@@ -67,19 +67,11 @@ def run_evosax(task, seed: int, generations: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from m2n2_jax.engine.devices import evaluate
     from m2n2_jax.methods import evosax_es
 
     es, params, spec = evosax_es.build("cma-es", task.num_params)
-    acc = lambda v: jnp.mean(task.score_vector(v))
-
-    @jax.jit
-    def generation(runs):  # the body of evosax_es.make_step (unbatched), also returning the accuracies
-        key, k_ask, k_tell = jax.random.split(runs.key, 3)
-        population, s = es.ask(k_ask, runs.es, params)
-        accuracy = evaluate(acc, population, 2)
-        s, _ = es.tell(k_tell, population, -accuracy, s, params)
-        return evosax_es.ESRuns(es=s, key=key), accuracy
+    # evosax_es's own generation (unbatched, evaluation batch 2), also returning the accuracies
+    generation = jax.jit(evosax_es.make_step(es, params, task, 2, batched=False, return_accuracy=True))
 
     rec = {"impl": "evosax", "seed": seed, "strategy": type(es).__name__, "eigen_every": es.eigen_every,
            "constants": {k: np.asarray(v).tolist() for k, v in params.__dict__.items()}}

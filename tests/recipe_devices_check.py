@@ -26,12 +26,12 @@ for dtype in ("float32", "bfloat16"):
     sa, sb = (r.extra["execution"]["scoring"] for r in (a, b))
     out[dtype] = {
         "recipes_equal": all(np.array_equal(x.bounds, y.bounds) and np.array_equal(x.coeffs, y.coeffs)
-                             for ra, rb in zip(a.state.archives, b.state.archives)
+                             for ra, rb in zip(a.state.state, b.state.state)
                              for x, y in zip(ra.recipes, rb.recipes)),
-        "scores_equal": all(np.array_equal(ra.scores, rb.scores) for ra, rb in zip(a.state.archives, b.state.archives)),
+        "scores_equal": all(np.array_equal(ra.scores, rb.scores) for ra, rb in zip(a.state.state, b.state.state)),
         "curves_equal": all(np.array_equal(a.metrics[k], b.metrics[k]) for k in a.metrics),
         "best_equal": bool(np.array_equal(a.best, b.best)),
-        "inserted": [int(r.inserted) for r in a.state.archives],
+        "inserted": [int(r.inserted) for r in a.state.state],
         "train_gain": float(np.max(a.metrics["best_train_score"][:, -1]) - np.max(a.metrics["best_train_score"][:, 0])),
         "devices": [sa["devices"], sb["devices"]], "children_scored": [sa["children_scored"], sb["children_scored"]],
         "dtype": [sa["dtype"], sb["dtype"]],

@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.algorithm.crossover import slerp
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.search import OnHost, Scorer, run_search
+from m2n2_jax.methods.evosax_es import EvosaxSearch
 from m2n2_jax.errors import ConfigError, SeedModelError
 
 
@@ -114,23 +117,26 @@ def cma_es_layers(seeds, ids, num_layers: int, features_fn, ref_features, budget
     shape = (num_layers, seeds.shape[0])
     es = CMA_ES(population_size=population, solution=jnp.zeros(shape))
     params = es.default_params.replace(std_init=std)
-    key = jax.random.PRNGKey(seed)
-    key, k_init = jax.random.split(key)
-    state = es.init(k_init, jnp.zeros(shape), params)
     feats = jax.jit(lambda pop: jax.lax.map(lambda w: features_fn(layer_merge(seeds, ids, w)), pop))
     ref = np.asarray(ref_features)
     best, best_w, evaluated, curve = np.inf, jnp.zeros(shape), 0, []
-    while evaluated < budget:
-        key, k_ask, k_tell = jax.random.split(key, 3)
-        pop, state = es.ask(k_ask, state, params)
-        pop = pop[:budget - evaluated]
-        fid = np.array([frechet_distance(f, ref) for f in np.asarray(feats(pop))])
+
+    def minus_fids(pop):
+        """Scores [P, 1] = -FID of the members the budget still allows (the others: never evaluated, -inf);
+        the best FID and the curve are kept here in float64."""
+        nonlocal best, best_w, evaluated
+        scored = jnp.asarray(pop)[:budget - evaluated]
+        fid = np.array([frechet_distance(f, ref) for f in np.asarray(feats(scored))])
         evaluated += len(fid)
         if fid.min() < best:
-            best, best_w = float(fid.min()), pop[int(fid.argmin())]
-        if len(fid) == population:
-            state, _ = es.tell(k_tell, pop, jnp.asarray(fid), state, params)
+            best, best_w = float(fid.min()), scored[int(fid.argmin())]
         curve.append((evaluated, best))
         if log and (len(curve) % 10 == 0 or evaluated >= budget):
             log(f"  CMA-ES {evaluated}/{budget} evaluations, best training FID {best:.3f}")
+        return np.concatenate([-fid, np.full(population - len(fid), -np.inf)])[:, None].astype(np.float32)
+
+    generations = -(-budget // population)
+    run_search(OnHost(EvosaxSearch(es), jit=False), params, Scorer(None, jittable=False, batch=minus_fids), [seed],
+               jnp.zeros((1,) + shape), plan_budget(generations * population, population, generations * population),
+               seed_scores=np.full((1, 1), -np.inf, np.float32))
     return layer_merge(seeds, ids, best_w), best, curve

@@ -20,6 +20,8 @@ from m2n2_jax.algorithm import crossover
 from m2n2_jax.methods import classic_merges as merging
 from m2n2_jax.methods import layer_cma
 from m2n2_jax.algorithm import recipes
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.search import ENGINE, Scorer, run_search
 from m2n2_jax.methods.registry import method_config
 from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.io.results import environment, write_json
@@ -199,8 +201,9 @@ def run(s: Settings, out: str, models_dir: str, retrain: bool = False,
         name = method if scores == "exact match" else f"{method} (likelihood fitness)"
         log(f"{name}: recipe archive, no mutation, {s.budget} forward passes")
         config_m = method_config(method, mutation_std=0.0, children_per_step=s.children_per_step)
+        config_m = config_m.replace(capacity_rule="archive-max" if scores == "likelihood" else "fixed")
         archive, curve = m2n2_merge(config_m, bank, score_vector if scores == "exact match" else likelihood_vector,
-                                    s.budget, s.seed, adaptive_capacity=scores == "likelihood")
+                                    s.budget, s.seed)
         best = archive.recipes[archive.best_index]
         report(name, jnp.asarray(bank.materialise(best)), curve=curve, inserted=archive.inserted,
                segments=best.num_segments)
@@ -271,25 +274,30 @@ def greedy_generate(config, params, tokens, prompt_lengths, max_new_tokens: int,
     return new.T
 
 
-def m2n2_merge(config, bank, score_vector, budget: int, seed: int, adaptive_capacity: bool = False):
-    """An M2N2 run over recipes; returns the archive and (forward passes, best mean score) points.
+@dataclasses.dataclass(frozen=True, eq=False)
+class _CurvedRecipeM2N2(recipes.RecipeM2N2):
+    """The recipe archive, logging this experiment's curve value: the highest mean score of any slot."""
 
-    With continuous scores (likelihood) set ``adaptive_capacity``: c_j is then
+    def logged(self, state) -> dict:
+        return {"max_mean_score": float(jnp.max(jnp.mean(state.scores, axis=1)))}
+
+
+def m2n2_merge(config, bank, score_vector, budget: int, seed: int):
+    """An M2N2 run over recipes (through the one search loop, one log per step); returns the
+    archive and (forward passes, best mean score) points.
+
+    With continuous scores (likelihood) the config's capacity rule is "archive-max": c_j is then
     the best score any archive member reaches on datapoint j.
     """
-    seed_vectors = [jnp.asarray(bank.materialise(recipes.seed_recipe(k, bank.num_seeds, bank.size)))
-                    for k in range(bank.num_seeds)]
-    archive = recipes.init(config, bank, jnp.stack([score_vector(x) for x in seed_vectors]),
-                           adaptive_capacity=adaptive_capacity)
-    key = jax.random.PRNGKey(seed)
-    curve, buffer = [], np.empty(bank.size, np.float32)
-    while archive.evaluated < budget:
-        key, sub = jax.random.split(key)
-        children = recipes.ask(config, sub, bank, archive)
-        scores = jnp.stack([score_vector(jnp.asarray(bank.materialise(r, buffer))) for r in children])
-        archive = recipes.tell(config, archive, children, scores)
-        curve.append((archive.evaluated, float(jnp.max(jnp.mean(archive.scores, axis=1)))))
-    return archive, curve
+    buffer = np.empty(bank.size, np.float32)
+    scorer = Scorer(lambda recipe: score_vector(jnp.asarray(bank.materialise(recipe, buffer))), jittable=False)
+    strategy = _CurvedRecipeM2N2(config, bank)
+    batch = config.children_per_step
+    steps = -(-budget // batch)  # whole steps until the budget is reached
+    out = run_search(strategy, None, scorer, [seed], strategy.seeds(), plan_budget(steps * batch, batch, batch),
+                     keys=ENGINE)
+    curve = [(fp, float(v)) for fp, v in zip(out.forward_passes[1:], out.metrics["max_mean_score"][0, 1:])]
+    return out.runs.state[0], curve
 
 
 def cma_es_merge(base, seeds, groups, score_vector, budget: int, seed: int):

@@ -61,8 +61,9 @@ class M2N2Config:
     capacity_rule: c_j of datapoint j. "fixed": the capacity given (1 by
         default); "archive-max": the best score any archive member (and the
         child being inserted) reaches on j, the paper's rule for continuous
-        scores; "auto" (default): "fixed" if a capacity is given or the scores
-        are boolean, else "archive-max" (identical to 1 for 0/1 scores).
+        scores; "auto" (default): "fixed" for boolean scores, else "archive-max"
+        (identical to 1 for 0/1 scores). A run given capacities reads "auto" as
+        "fixed" (:meth:`for_capacity`). The rule lives here only, never in a state.
     noise: mutation-noise generator: "threefry" (jax.random.normal, the
         reference's sampler; the default) or "hash" (a keyed counter hash,
         cheaper to draw; its speed and results against threefry are in the
@@ -136,6 +137,20 @@ class M2N2Config:
             eps = REFERENCE_SLERP_EPS if self.reference else SLERP_EPS
         f32 = lambda v: jnp.asarray(v, jnp.float32)
         return M2N2Params(alpha=f32(self.alpha), mutation_std=f32(self.mutation_std), slerp_eps=f32(eps))
+
+    def capacity_rule_for(self, scores_dtype) -> str:
+        """The rule in force for scores of ``scores_dtype``: "auto" is "fixed" for boolean
+        scores, else "archive-max" (identical for 0/1 scores, only cheaper)."""
+        if self.capacity_rule != "auto":
+            return self.capacity_rule
+        return "fixed" if jnp.dtype(scores_dtype) == jnp.bool_ else "archive-max"
+
+    def for_capacity(self, capacity) -> "M2N2Config":
+        """This config for a run given ``capacity`` (None: none): "auto" becomes "fixed" when one is
+        given, so the rule is read from the config alone (a state holds arrays only)."""
+        if capacity is None or self.capacity_rule != "auto":
+            return self
+        return self.replace(capacity_rule="fixed")
 
     def replace(self, **changes) -> "M2N2Config":
         return dataclasses.replace(self, **changes)

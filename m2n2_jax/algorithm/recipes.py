@@ -185,7 +185,6 @@ class RecipeArchive:
     capacity: jax.Array
     evaluated: int = 0
     inserted: int = 0
-    adaptive_capacity: bool = False  # c_j = best score any member reaches (continuous scores)
     filled: jax.Array | None = None  # [P] bool; None: every slot holds a member
 
     @property
@@ -212,27 +211,23 @@ def check_config(config: M2N2Config) -> None:
                           "subtract_worst=False) for a recipe archive.")
 
 
-def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None,
-         adaptive_capacity: bool | None = None) -> RecipeArchive:
+def init(config: M2N2Config, bank: SeedBank, seed_scores, capacity=None) -> RecipeArchive:
     """Archive holding the K seeds (inserted in order into an empty archive, as the dense strategy).
 
-    The capacity follows ``config.capacity_rule`` as in the dense engine
-    (``adaptive_capacity`` True / False overrides it): under "archive-max"
-    c_j is the best score any archive member (or the candidate being inserted)
-    reaches on datapoint j (:func:`m2n2_jax.algorithm.niches.archive_capacity`, the
-    paper's rule for continuous scores); otherwise ``capacity`` (default 1).
+    The capacity follows ``config.capacity_rule`` as in the dense engine (the
+    config alone holds it; a given ``capacity`` needs ``config.for_capacity``):
+    under "archive-max" c_j is the best score any archive member (or the
+    candidate being inserted) reaches on datapoint j
+    (:func:`m2n2_jax.algorithm.niches.archive_capacity`, the paper's rule for
+    continuous scores); otherwise ``capacity`` (default 1).
     """
     check_config(config)
-    if adaptive_capacity is None:
-        rule = strategy.resolve_capacity_rule(config.capacity_rule, jnp.asarray(seed_scores).dtype,
-                                              capacity is not None)
-        adaptive_capacity = rule == "archive-max"
-    seed_scores = strategy.check_scores(seed_scores, bank.num_seeds, None)
-    num_points = seed_scores.shape[1]
+    strategy.check_capacity_rule(config, capacity)
+    num_points = strategy.check_scores(seed_scores, bank.num_seeds, None).shape[1]
     capacity = jnp.ones((num_points,), jnp.float32) if capacity is None else jnp.asarray(capacity, jnp.float32)
     empty = zero_recipe(bank.num_seeds, bank.size)
     archive = RecipeArchive((empty,) * config.archive_size, jnp.zeros((config.archive_size, num_points)), capacity,
-                            adaptive_capacity=adaptive_capacity, filled=jnp.zeros(config.archive_size, bool))
+                            filled=jnp.zeros(config.archive_size, bool))
     seeds = [seed_recipe(k, bank.num_seeds, bank.size) for k in range(bank.num_seeds)]
     return dataclasses.replace(tell(config, archive, seeds, seed_scores), evaluated=0)
 
@@ -270,6 +265,7 @@ def ask(config: M2N2Config, key, bank: SeedBank, archive: RecipeArchive) -> list
 
 def tell(config: M2N2Config, archive: RecipeArchive, children, scores) -> RecipeArchive:
     """Insert evaluated recipes one after another (niches.insert decides the slot)."""
+    adaptive = config.capacity_rule_for(jnp.asarray(scores).dtype) == "archive-max"
     scores = strategy.check_scores(scores, len(children), archive.scores.shape[1])
     recipes, archive_scores, inserted = list(archive.recipes), archive.scores, archive.inserted
     filled = np.asarray(archive.members).copy()
@@ -278,15 +274,70 @@ def tell(config: M2N2Config, archive: RecipeArchive, children, scores) -> Recipe
     for child, child_scores in zip(children, scores):
         finite = jnp.asarray([0.0 if np.all(np.isfinite(child.coeffs)) else np.nan])
         _, archive_scores, ok, slot = _insert(slots, archive_scores, finite, child_scores,
-                                              capacity, config.alpha, archive.adaptive_capacity, filled=filled)
+                                              capacity, config.alpha, adaptive, filled=filled)
         if bool(ok):
             recipes[int(slot)] = child
             filled[int(slot)] = True
             inserted += 1
-    if archive.adaptive_capacity:
+    if adaptive:
         capacity = niches.archive_capacity(archive_scores)
     return RecipeArchive(tuple(recipes), archive_scores, capacity,
-                         archive.evaluated + len(children), inserted, archive.adaptive_capacity, jnp.asarray(filled))
+                         archive.evaluated + len(children), inserted, jnp.asarray(filled))
+
+
+def random_slerp(config: M2N2Config, key, bank: SeedBank) -> Recipe:
+    """A random SLERP merge of seeds 0 and 1 (split point and ratio drawn as crossover draws them)."""
+    split, w = draw_split(key, bank.size, config.use_split_point)
+    s0, s1 = (seed_recipe(k, bank.num_seeds, bank.size) for k in (0, 1))
+    return crossover(bank, s0, s1, split, w, config.use_split_point, float(config.params().slerp_eps))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RecipeM2N2:
+    """M2N2 on a recipe archive with the search interface (:mod:`m2n2_jax.engine.search`).
+
+    A host strategy (``on_host``): its state is a :class:`RecipeArchive`, its population a
+    list of recipes, so its scorer takes a recipe. ``capacity``: [N] given c_j (None: 1);
+    the capacity rule is the config's. ``warmup``: the first ``warmup`` children are random
+    SLERP merges of seeds 0 and 1 (:func:`random_slerp`, one per step) instead of M2N2 children.
+    ``params`` are unused (the numeric settings are the config's).
+    """
+
+    config: M2N2Config
+    bank: SeedBank
+    capacity: jax.Array | None = None
+    warmup: int = 0
+    on_host = True
+
+    def __post_init__(self):
+        check_config(self.config)
+        if self.warmup and self.config.children_per_step != 1:
+            raise ConfigError(f"a warm-up draws one child per step; set children_per_step=1 (got "
+                              f"{self.config.children_per_step}) or warmup=0.")
+        object.__setattr__(self, "config", self.config.for_capacity(self.capacity))
+
+    def seeds(self) -> list[Recipe]:
+        """The K seed models as recipes (what ``init`` is given)."""
+        return [seed_recipe(k, self.bank.num_seeds, self.bank.size) for k in range(self.bank.num_seeds)]
+
+    def init(self, key, seeds, seed_scores, params=None) -> RecipeArchive:
+        return init(self.config, self.bank, seed_scores, self.capacity)
+
+    def ask(self, key, state: RecipeArchive, params=None):
+        if state.evaluated < self.warmup:
+            return [random_slerp(self.config, key, self.bank)], state
+        return ask(self.config, key, self.bank, state), state
+
+    def tell(self, key, population, scores, state: RecipeArchive, params=None):
+        return tell(self.config, state, population, scores), {}
+
+    def best(self, state: RecipeArchive):
+        """(recipe, its mean score) of the member a run reports."""
+        best = state.best_index
+        return state.recipes[best], float(jnp.mean(state.scores[best]))
+
+    def logged(self, state: RecipeArchive) -> dict:
+        return {"inserted": state.inserted}
 
 
 def archive_memory(bank: SeedBank, archive: RecipeArchive, working_copies: int = 1) -> dict:

@@ -58,7 +58,8 @@ class ArchiveState:
     evaluated: children told so far (forward passes).
     inserted: children that entered the archive.
     key: the run's key in reference order (unused in engine order).
-    capacity_rule: "fixed" or "archive-max" (static; "auto" is resolved by init).
+
+    Arrays only: the capacity rule and the other static settings are the config's.
     """
 
     params: jax.Array
@@ -68,8 +69,6 @@ class ArchiveState:
     evaluated: jax.Array
     inserted: jax.Array
     key: jax.Array
-    capacity_rule: str = flax.struct.field(pytree_node=False, default="fixed")
-    subtract_worst: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def best_index(self) -> jax.Array:
@@ -99,11 +98,11 @@ def check_scores(scores, num_children: int, num_datapoints: int | None) -> jax.A
     return scores.astype(jnp.float32)
 
 
-def resolve_capacity_rule(rule: str, scores_dtype, capacity_given: bool) -> str:
-    """"auto" -> "fixed" for a given capacity or boolean scores, else "archive-max"."""
-    if rule != "auto":
-        return rule
-    return "fixed" if capacity_given or scores_dtype == jnp.bool_ else "archive-max"
+def check_capacity_rule(config: M2N2Config, capacity) -> None:
+    """Refuse a given capacity under "auto": the rule must be the config's alone (the state holds arrays)."""
+    if capacity is not None and config.capacity_rule == "auto":
+        raise ConfigError("a capacity was given with capacity_rule='auto'; pass config.for_capacity(capacity) "
+                          "(or set capacity_rule='fixed' or 'archive-max').")
 
 
 def child_keys(key, num_children: int) -> jax.Array:
@@ -111,16 +110,16 @@ def child_keys(key, num_children: int) -> jax.Array:
     return jax.random.split(key, num_children * 3).reshape((num_children, 3) + key.shape)
 
 
-def _competition(state: ArchiveState):
+def _competition(config: M2N2Config, state: ArchiveState):
     """(scores, capacity) that parent selection competes on (shifted by the worst member if so configured)."""
-    if not state.subtract_worst:
+    if not config.subtract_worst:
         return state.scores, state.capacity
     return niches.shift_by_worst(state.scores, state.filled), state.capacity
 
 
 def _make_child(config: M2N2Config, state: ArchiveState, params: M2N2Params, keys) -> jax.Array:
     """One child from keys [3]: select parents, cross them over, mutate."""
-    a, b = niches.select_parents(keys[0], *_competition(state), params.alpha, config.use_attraction,
+    a, b = niches.select_parents(keys[0], *_competition(config, state), params.alpha, config.use_attraction,
                                  reference=config.reference, filled=state.filled)
     x, y = state.params[a], state.params[b]
     if not config.use_crossover:
@@ -146,14 +145,14 @@ def _ask(config: M2N2Config, key, state: ArchiveState, params: M2N2Params):
     return children, state
 
 
-@jax.jit
-def _tell(population, fitness, state: ArchiveState, params: M2N2Params):
-    """Insertion depends on no static setting: alpha is in params, the capacity rule in the state."""
+@functools.partial(jax.jit, static_argnums=0)
+def _tell(config: M2N2Config, population, fitness, state: ArchiveState, params: M2N2Params):
+    """Insertion: alpha is in params, the capacity rule and the worst-score shift in the (static) config."""
     population = jnp.asarray(population, state.params.dtype)
+    adaptive = config.capacity_rule_for(jnp.asarray(fitness).dtype) == "archive-max"
     fitness = check_scores(fitness, population.shape[0], state.scores.shape[1])
-    adaptive = state.capacity_rule == "archive-max"
 
-    shift = state.subtract_worst
+    shift = config.subtract_worst
     given = state.capacity
 
     def insert_one(carry, child_and_scores):
@@ -177,9 +176,7 @@ def _tell(population, fitness, state: ArchiveState, params: M2N2Params):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(config: M2N2Config, key, seeds, seed_scores, params: M2N2Params, capacity=None):
-    rule = resolve_capacity_rule(config.capacity_rule, jnp.asarray(seed_scores).dtype, capacity is not None)
-    seed_scores = check_scores(seed_scores, seeds.shape[0], None)
-    num_points = seed_scores.shape[1]
+    num_points = check_scores(seed_scores, seeds.shape[0], None).shape[1]
     capacity = jnp.ones((num_points,), jnp.float32) if capacity is None else jnp.asarray(capacity, jnp.float32)
     if capacity.shape != (num_points,):
         raise ScoreFunctionError(
@@ -188,9 +185,8 @@ def _init(config: M2N2Config, key, seeds, seed_scores, params: M2N2Params, capac
     empty = ArchiveState(params=jnp.zeros((size, seeds.shape[1]), seeds.dtype),
                          scores=jnp.zeros((size, num_points), jnp.float32), capacity=capacity,
                          filled=jnp.zeros((size,), bool), evaluated=jnp.zeros((), jnp.int32),
-                         inserted=jnp.zeros((), jnp.int32), key=key, capacity_rule=rule,
-                         subtract_worst=config.subtract_worst)
-    state, _ = _tell(seeds, seed_scores, empty, params)
+                         inserted=jnp.zeros((), jnp.int32), key=key)
+    state, _ = _tell(config, seeds, seed_scores, empty, params)
     return state.replace(evaluated=jnp.zeros((), jnp.int32))
 
 
@@ -221,8 +217,10 @@ class M2N2:
         into an empty archive, as the reference does (not counted as forward passes).
 
         ``seeds``: a list or tuple of K >= 2 models (pytrees), or flat vectors [K, D].
-        ``capacity``: [N] fixed c_j (then the capacity rule is "fixed").
+        ``capacity``: [N] c_j (under "fixed"; needs a config whose rule is not "auto":
+        ``config.for_capacity(capacity)``).
         """
+        check_capacity_rule(self.config, capacity)
         if isinstance(seeds, (list, tuple)):
             _, vectors = stack_seed_vectors(seeds, self.layout)
         else:
@@ -242,7 +240,7 @@ class M2N2:
 
         metrics: inserted [B], slot [B] (-1 if rejected), best_index, best_mean_score.
         """
-        return _tell(population, fitness, state, params)
+        return _tell(self.config, population, fitness, state, params)
 
     def ravel(self, model) -> jax.Array:
         return self.layout.ravel(model)

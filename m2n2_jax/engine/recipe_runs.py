@@ -4,14 +4,16 @@ Without mutation every member is a piecewise combination of the K input
 models (:mod:`m2n2_jax.algorithm.recipes`), so R runs need the K inputs, their Gram
 prefix sums and one working copy, instead of R x P dense models: what makes
 merging 7B-class models fit in memory. The runs advance step by step on the
-host (asks and tells are numpy); each step's children are materialised and
-scored on the local devices in parallel, the seeds replicated on each
-(:mod:`m2n2_jax.engine.recipe_scoring`), inside the one run loop
-(:func:`m2n2_jax.engine.chunk_loop.drive`): progress, checkpoints every so many
+host (asks and tells are numpy: :class:`m2n2_jax.algorithm.recipes.RecipeM2N2`,
+a host strategy); each step's children are materialised and scored on the
+local devices in parallel, the seeds replicated on each
+(:mod:`m2n2_jax.engine.recipe_scoring`), inside the one run function
+(:func:`m2n2_jax.engine.search.run_search`): progress, checkpoints every so many
 forward passes and Ctrl-C behave as for ``m2n2 evolve``. A checkpoint holds
 the keys, scores and counters as arrays and the recipes (a few numbers per
 segment) in its JSON item; a resumed run ends where an uninterrupted one does.
-Keys are used as by the dense engine (run r starts from PRNGKey(seed_r)).
+Keys are used as by the dense engine (run r starts from PRNGKey(seed_r); the
+key chain :data:`m2n2_jax.engine.search.ENGINE`).
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ import numpy as np
 
 from m2n2_jax.engine import distributed
 from m2n2_jax.engine import recipe_scoring
+from m2n2_jax.engine import search
 from m2n2_jax.algorithm import recipes
 from m2n2_jax.engine.budget import plan_budget
-from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, drive
+from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved
 from m2n2_jax.engine.identity import run_identity
 from m2n2_jax.algorithm.config import M2N2Config
 from m2n2_jax.tasks.base import Task
@@ -45,36 +48,25 @@ def _recipes_json(archives) -> list:
     return [[{"bounds": r.bounds.tolist(), "coeffs": r.coeffs.tolist()} for r in a.recipes] for a in archives]
 
 
-def _archives_from(arrays: dict, recipes_json: list, adaptive_capacity: bool = False) -> list:
+def _archives_from(arrays: dict, recipes_json: list) -> list:
     out = []
     for r, members in enumerate(recipes_json):
         rec = tuple(recipes.Recipe(np.asarray(m["bounds"], np.int64), np.asarray(m["coeffs"], np.float64))
                     for m in members)
         out.append(recipes.RecipeArchive(rec, jnp.asarray(arrays["scores"][r]), jnp.asarray(arrays["capacity"][r]),
-                                         int(arrays["evaluated"][r]), int(arrays["inserted"][r]), adaptive_capacity,
+                                         int(arrays["evaluated"][r]), int(arrays["inserted"][r]),
                                          jnp.asarray(arrays["filled"][r], bool)))
     return out
 
 
-class _State:
-    """R archives and their PRNG keys; ``arrays`` is the fixed-shape part a checkpoint stores as arrays."""
-
-    def __init__(self, archives, keys):
-        self.archives, self.keys = list(archives), np.asarray(keys)
-
-    @property
-    def arrays(self) -> dict:
-        return _arrays(self.archives, self.keys)
-
-
-def _rebuild(arrays: dict, meta: dict, like: _State) -> _State:
-    """The state a checkpoint holds: its arrays and the recipes of its JSON item."""
+def _rebuild(arrays: dict, meta: dict, like: search.HostRuns) -> search.HostRuns:
+    """The runs a checkpoint holds: its arrays and the recipes of its JSON item."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    return _State(_archives_from(arrays, meta["recipes"], like.archives[0].adaptive_capacity), arrays["keys"])
+    return search.HostRuns(_archives_from(arrays, meta["recipes"]), arrays["keys"])
 
 
 # A checkpoint holds the arrays with orbax and the recipes (a few numbers per segment) as JSON.
-SAVED = Saved(arrays=lambda state: state.arrays, meta=lambda state: {"recipes": _recipes_json(state.archives)},
+SAVED = Saved(arrays=lambda runs: _arrays(runs.state, runs.key), meta=lambda runs: {"recipes": _recipes_json(runs.state)},
               rebuild=_rebuild)
 
 
@@ -101,32 +93,8 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
     metrics = jax.jit(task.metrics)
     buffer = np.empty(bank.size, np.float32)
 
-    def dense(recipe):
-        return jnp.asarray(bank.materialise(recipe, buffer))
-
-    def logged_metrics(archive) -> dict:
-        best = archive.best_index
-        values = {k: float(v) for k, v in metrics(dense(archive.recipes[best])).items()}
-        return {**values, "best_train_score": float(jnp.mean(archive.scores[best])), "inserted": archive.inserted}
-
-    def log(state: _State) -> dict:
-        rows = [logged_metrics(a) for a in state.archives]
-        return {k: np.asarray([row[k] for row in rows], np.float32) for k in rows[0]}
-
-    def chunk(state: _State, num_logs: int, steps_per_log: int):
-        archives, keys = list(state.archives), state.keys.copy()
-        logged = []
-        for _ in range(num_logs):
-            for r in range(len(archives)):
-                key = jnp.asarray(keys[r])
-                for _ in range(steps_per_log):
-                    key, sub = jax.random.split(key)
-                    children = recipes.ask(config, sub, bank, archives[r])
-                    scores = jnp.asarray(score_children(children))
-                    archives[r] = recipes.tell(config, archives[r], children, scores)
-                keys[r] = np.asarray(key)
-            logged.append(log(_State(archives, keys)))
-        return _State(archives, keys), {k: np.stack([row[k] for row in logged]) for k in logged[0]}
+    def recipe_metrics(recipe) -> dict:
+        return metrics(jnp.asarray(bank.materialise(recipe, buffer)))
 
     def score_children(children):
         if distributed.process_count() == 1:  # the local devices score their shares of the children
@@ -135,23 +103,22 @@ def merge(config: M2N2Config, task: Task, seed_vectors, seeds, forward_passes: i
         return distributed.map_over_processes(lambda c: scorer([c])[0], children, seed_scores[0])
 
     start = time.perf_counter()
-    seed_scores = jnp.asarray(scorer([recipes.seed_recipe(k, bank.num_seeds, bank.size)
-                                      for k in range(bank.num_seeds)]))
+    strat = recipes.RecipeM2N2(config, bank, task.capacity)
+    seed_scores = jnp.asarray(scorer(strat.seeds()))
     identity = run_identity(config.to_dict(), task, seeds, forward_passes, plan.log_every, seed_vectors, settings,
                             archive="recipes", start_scores=seed_scores)
-    first = recipes.init(config, bank, seed_scores, task.capacity)
-    state = _State([first] * len(seeds), np.stack([np.asarray(jax.random.PRNGKey(s)) for s in seeds]))
-    first_log = {k: np.asarray([v] * len(seeds), np.float32) for k, v in logged_metrics(first).items()}
     distributed.check_agreement(distributed.run_digests(identity, task, seed_vectors))
     distributed.started()  # multi-host: processes agree on settings, seeds, models and data
     # host steps gain nothing from long chunks: return to the loop (progress, saves) after every log
     options = options.replace(chunk_forward_passes=plan.log_every)
-    out = drive(state, chunk, lambda _state: first_log, plan, options, identity=identity, runs=len(seeds), start=start,
-                saved=SAVED, headline=task.headline_metric)
-    best = np.stack([bank.materialise(a.recipes[a.best_index]) for a in out.state.archives])
-    memory = recipes.archive_memory(bank, out.state.archives[0])
+    out = search.run_search(strat, None, search.Scorer(None, recipe_metrics, jittable=False, batch=score_children),
+                            seeds, strat.seeds(), plan, options=options, identity=identity, seed_scores=seed_scores,
+                            keys=search.ENGINE, saved=SAVED, headline=task.headline_metric, start=start)
+    archives = out.runs.state
+    best = np.stack([bank.materialise(recipe) for recipe in out.best])
+    memory = recipes.archive_memory(bank, archives[0])
     return RunResult("recipes", seeds, out.forward_passes, out.metrics, out.wall_seconds, config.to_dict(), best,
                      extra={"execution": {"archive": "recipes", "platform": jax.default_backend(),
                                            "processes": distributed.process_count(), "scoring": scorer.stats()},
                             "archive_memory": {k: (round(v, 3) if isinstance(v, float) else int(v))
-                                               for k, v in memory.items()}}, task=task.name, state=out.state)
+                                               for k, v in memory.items()}}, task=task.name, state=out.runs)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from m2n2_jax.algorithm import strategy
 from m2n2_jax.algorithm.config import M2N2Config
+from m2n2_jax.engine import search
 from m2n2_jax.engine.chunk_loop import scan_logs
 from m2n2_jax.engine.devices import evaluate, replicate, sharded_evaluate
 from m2n2_jax.errors import ConfigError
@@ -56,7 +57,7 @@ def init_runs(config: M2N2Config, task: Task, run_seeds: Sequence[int], seed_mod
     if len(run_seeds) < 1:
         raise ConfigError("at least one run is needed (got 0 run seeds); pass --runs 1 or more.")
 
-    strat = strategy.M2N2(config, layout=task.layout)
+    strat = strategy.M2N2(config.for_capacity(task.capacity), layout=task.layout)
     params = config.params()
 
     def one(seed):
@@ -81,24 +82,18 @@ def run_start(task: Task, seed, seed_models=None):
 def make_step(config: M2N2Config, task: Task, eval_batch_size: int, mesh=None):
     """One step of all runs: ask (B children each), evaluate all (sharded over the mesh), tell.
 
-    Each run's key is split into (next, sub) and ``sub`` goes to the strategy's
-    ``ask``, which owns the key order (in reference order it uses the key in
-    its state instead).
+    The step is :func:`m2n2_jax.engine.search.make_step` (the one ask-score-tell step) with
+    the engine's key chain (:data:`~m2n2_jax.engine.search.ENGINE`): each run's key is split
+    into (next, sub) and ``sub`` goes to the strategy's ``ask``, which owns the key order (in
+    reference order it uses the key in its state instead).
     """
-    score_children = sharded_evaluate(task.score_vector, mesh, eval_batch_size)
-    strat = strategy.M2N2(config, layout=task.layout)
-    params = config.params()
+    strat = strategy.M2N2(config.for_capacity(task.capacity), layout=task.layout)
+    search_step = search.make_step(strat, config.params(), search.Scorer(task.score_vector), keys=search.ENGINE,
+                                   score_population=sharded_evaluate(task.score_vector, mesh, eval_batch_size))
 
     def step(state: RunsState) -> RunsState:
-        split = jax.vmap(jax.random.split)(state.key)
-        next_keys, subs = split[:, 0], split[:, 1]
-        children, archive = jax.vmap(lambda k, a: strat.ask(k, a, params))(subs, state.archive)
-        runs, batch, dim = children.shape
-        scores = score_children(children.reshape(runs * batch, dim))
-        scores = scores.reshape(runs, batch, -1)
-        # tell draws nothing; it gets the ask key only for evosax's signature
-        archive, _ = jax.vmap(lambda k, c, sc, a: strat.tell(k, c, sc, a, params))(subs, children, scores, archive)
-        return RunsState(archive=archive, key=next_keys, step=state.step + 1)
+        runs = search_step(search.SearchRuns(state.archive, state.key))
+        return RunsState(archive=runs.state, key=runs.key, step=state.step + 1)
 
     return step
 

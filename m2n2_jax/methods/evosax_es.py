@@ -28,7 +28,7 @@ import optax
 from evosax.algorithms import CMA_ES, LM_MA_ES, Open_ES, Sep_CMA_ES, SimpleGA
 from evosax.algorithms.distribution_based.cma_es import eigen_decomposition
 
-from m2n2_jax.engine.devices import evaluate
+from m2n2_jax.engine import search
 from m2n2_jax.engine.budget import plan_budget
 from m2n2_jax.engine.chunk_loop import RunOptions, RunResult, Saved, drive_steps, latest_meta
 from m2n2_jax.engine.identity import run_identity
@@ -74,7 +74,8 @@ class EvosaxSearch:
 
     def init(self, key, seeds, seed_scores, params):
         state = self.es.init(key, seeds[0], params)
-        return state.replace(best_solution=seeds[0], best_fitness=-jnp.mean(seed_scores[0]))
+        return state.replace(best_solution=jnp.reshape(seeds[0], state.best_solution.shape),  # evosax keeps it flat
+                             best_fitness=-jnp.mean(seed_scores[0]))
 
     def ask(self, key, state, params):
         return self.es.ask(key, state, params)
@@ -157,28 +158,21 @@ def init_run(es, params, spec: ESSpec, task: Task, seed) -> ESRuns:
     return ESRuns(es=state, key=key)
 
 
-def make_step(es, params, task: Task, eval_batch_size: int, batched: bool):
-    """One generation: ask, evaluate on the training set, tell minus the accuracy."""
+def make_step(es, params, task: Task, eval_batch_size: int, batched: bool, return_accuracy: bool = False):
+    """One generation: ask, evaluate on the training set, tell minus the accuracy: the one
+    search step (:func:`m2n2_jax.engine.search.make_step`) of :class:`EvosaxSearch`, scored by
+    the training accuracy as a one-datapoint score (its mean is itself).
+
+    return_accuracy: the step returns (runs, the population's accuracies [..., P]).
+    """
     acc = train_accuracy(task)
+    search_step = search.make_step(EvosaxSearch(es), params, search.Scorer(lambda v: acc(v)[None]),
+                                   eval_batch_size, batched=batched, return_scores=True)
 
-    def ask_one(s, key):
-        key, k_ask, k_tell = jax.random.split(key, 3)
-        population, s = es.ask(k_ask, s, params)
-        return population, s, key, k_tell
-
-    def tell_one(k, population, accuracy, s):
-        s, _ = es.tell(k, population, -accuracy, s, params)  # evosax minimises
-        return s
-
-    def step(runs: ESRuns) -> ESRuns:
-        if not batched:
-            population, s, key, k_tell = ask_one(runs.es, runs.key)
-            accuracy = evaluate(acc, population, eval_batch_size)
-            return ESRuns(es=tell_one(k_tell, population, accuracy, s), key=key)
-        population, s, key, k_tell = jax.vmap(ask_one)(runs.es, runs.key)
-        r, p, d = population.shape
-        accuracy = evaluate(acc, population.reshape(r * p, d), eval_batch_size).reshape(r, p)
-        return ESRuns(es=jax.vmap(tell_one)(k_tell, population, accuracy, s), key=key)
+    def step(runs: ESRuns):
+        out, scores = search_step(search.SearchRuns(runs.es, runs.key))
+        runs = ESRuns(es=out.state, key=out.key)
+        return (runs, scores[..., 0]) if return_accuracy else runs
 
     return step
 

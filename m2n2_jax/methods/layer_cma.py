@@ -34,8 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.search import ENGINE, THREE_WAY, KeyChain, OnHost, Scorer, run_search
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.methods import classic_merges
+from m2n2_jax.methods.evosax_es import EvosaxSearch
 
 _LAYER = re.compile(r"^layers_(\d+)$")
 
@@ -124,36 +127,43 @@ def _layer_slerp(seeds, coefficients, tensor_ids, tg):
 
 def cma_es_search(merge: Callable, score: Callable, start, budget: int, seed: int, *,
                   population: int, sigma: float) -> SearchResult:
-    """evosax CMA-ES maximising mean(score(merge(w))) over w of ``start``'s shape, for ``budget`` evaluations."""
+    """evosax CMA-ES maximising mean(score(merge(w))) over w of ``start``'s shape, for ``budget`` evaluations.
+
+    Runs through the one search loop (:func:`m2n2_jax.engine.search.run_search`, host loop, one
+    run unbatched as :class:`~m2n2_jax.engine.search.OnHost`): the population is genomes
+    (coefficients of ``start``'s shape) and the scorer decodes each into its merge. The
+    run's key is PRNGKey(seed) (also evosax's init key), split in three at every generation.
+    The last, partial generation scores only the members the budget allows (the others count
+    as never evaluated: -inf, so they cannot become the best).
+    """
     if budget < 1 or population < 2:
         raise ConfigError(f"CMA-ES needs a budget >= 1 and a population >= 2 (got {budget}, {population}).")
     start = jnp.asarray(start, jnp.float32)
-    es, ask, tell = _strategy(population, start.shape)
+    es = _strategy(population, start.shape)
     params = es.default_params.replace(std_init=sigma)
-    key = jax.random.PRNGKey(seed)
-    state = es.init(key, start, params)
-    best, best_w, evaluated, curve = -np.inf, None, 0, []
-    while evaluated < budget:
-        key, k_ask, k_tell = jax.random.split(key, 3)
-        members, state = ask(k_ask, state, params)
-        take = min(population, budget - evaluated)
-        fitness = np.array([float(jnp.mean(score(merge(w)))) for w in members[:take]])
-        evaluated += take
-        if fitness.max() > best:
-            best, best_w = float(fitness.max()), np.asarray(members[int(fitness.argmax())])
-        curve.append((evaluated, best))
-        if take == population:
-            state, _ = tell(k_tell, members, -jnp.asarray(fitness, jnp.float32), state, params)
-    return SearchResult(merge(jnp.asarray(best_w)), best_w, best, evaluated, curve)
+    evaluated = []
+
+    def decoded_score(w):
+        if len(evaluated) == budget:
+            return np.full(1, -np.inf, np.float32)
+        evaluated.append(1)
+        return np.asarray(jnp.mean(score(merge(jnp.asarray(w)))), np.float32)[None]
+
+    generations = -(-budget // population)
+    plan = plan_budget(generations * population, population, population)
+    out = run_search(OnHost(EvosaxSearch(es)), params, Scorer(decoded_score, jittable=False), [seed], start[None], plan,
+                     seed_scores=np.full((1, 1), -np.inf, np.float32), keys=KeyChain(ENGINE.start, THREE_WAY.step))
+    best = np.asarray(out.best[0]).reshape(start.shape)
+    curve = [(min(fp, budget), float(s)) for fp, s in zip(out.forward_passes[1:], out.metrics["best_train_score"][0, 1:])]
+    return SearchResult(merge(jnp.asarray(best)), best, curve[-1][1], budget, curve)
 
 
 @functools.lru_cache(maxsize=16)
 def _strategy(population: int, shape: tuple):
-    """One evosax CMA-ES per (population, shape), with jitted ask and tell, so repeated runs compile once."""
+    """One evosax CMA-ES per (population, shape)."""
     from evosax.algorithms import CMA_ES
 
-    es = CMA_ES(population_size=population, solution=jnp.zeros(shape, jnp.float32))
-    return es, jax.jit(es.ask), jax.jit(es.tell)
+    return CMA_ES(population_size=population, solution=jnp.zeros(shape, jnp.float32))
 
 
 def cma_es_layer_slerp(seeds, groups, score: Callable, budget: int, seed: int, *, tensor_ids=None,

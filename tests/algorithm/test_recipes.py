@@ -56,7 +56,7 @@ def test_recipe_run_equals_dense_run(overrides):
     dense = strat.init(jax.random.PRNGKey(0), jnp.asarray(seeds), seed_scores, params)
     bank = recipes.SeedBank.build(seeds, block=8)
     archive = recipes.init(config, bank, seed_scores)
-    assert dense.capacity_rule == "archive-max" and archive.adaptive_capacity  # continuous scores
+    assert config.capacity_rule_for(seed_scores.dtype) == "archive-max"  # continuous scores
     key = jax.random.PRNGKey(3)
     for step in range(14):
         k = jax.random.fold_in(key, step)
@@ -105,9 +105,9 @@ def test_adaptive_capacity_is_the_best_score_in_the_archive():
     rng = np.random.default_rng(5)
     directions = rng.normal(size=(N, D)).astype(np.float32)
     score = lambda x: jax.nn.sigmoid(jnp.asarray(x) @ directions.T)  # continuous scores in (0, 1)
-    config = M2N2Config(archive_size=4, mutation_std=0.0)
+    config = M2N2Config(archive_size=4, mutation_std=0.0, capacity_rule="archive-max")
     bank = recipes.SeedBank.build(seeds)
-    archive = recipes.init(config, bank, score(seeds), adaptive_capacity=True)
+    archive = recipes.init(config, bank, score(seeds))
     for step in range(5):
         kids = recipes.ask(config, jax.random.PRNGKey(step), bank, archive)
         archive = recipes.tell(config, archive, kids, score(np.stack([bank.materialise(r) for r in kids])))

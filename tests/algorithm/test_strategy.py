@@ -1,5 +1,6 @@
 """The public M2N2 API: evosax's signatures, the reference key order, params sweeps, capacity."""
 from conftest import ROOT_DIR as ROOT
+import dataclasses
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from m2n2_jax import M2N2, M2N2Config, M2N2Params
+from m2n2_jax.errors import ConfigError
 
 DATA = os.path.join(ROOT, "tests", "data")
 
@@ -139,9 +141,13 @@ def test_capacity_rule_auto_follows_the_score_type_and_changes_decisions():
     strat = M2N2(M2N2Config(archive_size=2), np.zeros(1, np.float32))
     fixed = M2N2(M2N2Config(archive_size=2, capacity_rule="fixed"), np.zeros(1, np.float32))
     params, key, seeds = strat.default_params, jax.random.PRNGKey(0), np.array([[1.0], [2.0]], np.float32)
-    assert strat.init(key, seeds, np.ones((2, 3), bool), params).capacity_rule == "fixed"
-    assert strat.init(key, seeds, np.ones((2, 3), np.float32), params).capacity_rule == "archive-max"
-    assert strat.init(key, seeds, np.ones((2, 3), np.float32), params, capacity=np.ones(3)).capacity_rule == "fixed"
+    config = strat.config
+    assert config.capacity_rule_for(np.bool_) == "fixed" and config.capacity_rule_for(np.float32) == "archive-max"
+    assert config.for_capacity(np.ones(3)).capacity_rule == "fixed" and config.for_capacity(None) is config
+    with pytest.raises(ConfigError, match="for_capacity"):  # the rule is the config's, never the state's
+        strat.init(key, seeds, np.ones((2, 3), np.float32), params, capacity=np.ones(3))
+    state = strat.init(key, seeds, np.ones((2, 3)), params)
+    assert all(f.metadata.get("pytree_node", True) for f in dataclasses.fields(state))  # arrays only
     # scores on datapoint 0 run to 10, on datapoint 1 to 1. With c_j = the archive's best
     # (10, 1) the child's 6 on point 0 earns 3.75 and beats member 1's 0.83; with c = 1
     # shares are all that count, the child earns 0.54 and member 1 keeps its place
@@ -235,7 +241,7 @@ def test_subtract_worst_matches_a_numpy_loop(rule):
         np.testing.assert_allclose(np.asarray(state.capacity), capacity, rtol=1e-6)
         from m2n2_jax.algorithm.strategy import _competition
 
-        np.testing.assert_allclose(np.asarray(_competition(state)[0]), shifted, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(_competition(config, state)[0]), shifted, rtol=1e-6, atol=1e-7)
         differ += not np.array_equal(np.asarray(other.params), members)
     assert filled.all() and differ > 0
 

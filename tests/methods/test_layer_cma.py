@@ -125,3 +125,38 @@ def test_three_seeds_chain_slerp():
     np.testing.assert_allclose(layer_cma.layer_slerp(seeds, w, groups), want, rtol=1e-6)
     result = layer_cma.cma_es_layer_slerp(seeds, groups, lambda x: -jnp.sum(x ** 2), budget=4, seed=0, population=4)
     assert result.coefficients.shape == (2, 2)
+
+
+def plain_cma_loop(merge, score, start, budget, seed, population, sigma):
+    """The reference: evosax CMA-ES as a plain Python loop (key PRNGKey(seed), also the init key; split
+    in three per generation; a partial last generation scored, not told), best seen kept in float64."""
+    from evosax.algorithms import CMA_ES
+
+    es = CMA_ES(population_size=population, solution=jnp.zeros(start.shape, jnp.float32))
+    params = es.default_params.replace(std_init=sigma)
+    key = jax.random.PRNGKey(seed)
+    state = es.init(key, jnp.asarray(start, jnp.float32), params)
+    best, best_w, evaluated, curve = -np.inf, None, 0, []
+    while evaluated < budget:
+        key, k_ask, k_tell = jax.random.split(key, 3)
+        members, state = jax.jit(es.ask)(k_ask, state, params)
+        take = min(population, budget - evaluated)
+        fitness = np.array([float(jnp.mean(score(merge(w)))) for w in members[:take]])
+        evaluated += take
+        if fitness.max() > best:
+            best, best_w = float(fitness.max()), np.asarray(members[int(fitness.argmax())])
+        curve.append((evaluated, best))
+        if take == population:
+            state, _ = jax.jit(es.tell)(k_tell, members, -jnp.asarray(fitness, jnp.float32), state, params)
+    return best_w, best, curve
+
+
+@pytest.mark.parametrize("budget", [40, 23])
+def test_cma_es_search_through_run_search_gives_the_plain_loop_result(budget):
+    seeds, groups, score, _, _ = quadratic_task(2)
+    start = jnp.full((4, 1), 0.5)
+    merge = lambda w: layer_cma.layer_slerp(seeds, w, groups)
+    result = layer_cma.cma_es_search(merge, score, start, budget, 3, population=10, sigma=0.3)
+    best_w, best, curve = plain_cma_loop(merge, score, start, budget, 3, 10, 0.3)
+    np.testing.assert_array_equal(result.coefficients, best_w)
+    assert result.best_score == best and result.curve == curve and result.evaluated == budget
