@@ -31,7 +31,7 @@ def main(argv=None) -> int:
                         help="the README's quick variant: budget 20, 1 seed, small sets, 4 methods")
     parser.add_argument("--budget", type=int, default=None, help="fitness evaluations per search run (default 150)")
     parser.add_argument("--paper-budget", action="store_true",
-                        help=f"{pipeline.PAPER_BUDGET} fitness evaluations, warm-up 50, CMA-ES population 25 (for a GPU)")
+                        help=f"{report.PAPER_BUDGET} fitness evaluations, warm-up 50, CMA-ES population 25 (for a GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="random seed merges first (default budget // 10, <= 50)")
     for field in ("fitness_items", "selection_items", "candidates", "seeds", "ablation_seeds", "math_test",
                   "agent_test"):
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sizes = dict(QUICK) if args.quick else {}
     if args.paper_budget:
-        sizes.update(budget=pipeline.PAPER_BUDGET, cma_population=25)
+        sizes.update(budget=report.PAPER_BUDGET, cma_population=25)
     sizes.update({k: v for k, v in vars(args).items() if k in pipeline.Settings.__dataclass_fields__ and v is not None
                   and k != "seed"})
     budget = sizes.get("budget", pipeline.Settings.budget)

@@ -41,7 +41,7 @@ from m2n2_jax.algorithm.flatten import VectorLayout
 from m2n2_jax.errors import ConfigError
 from m2n2_jax.io.results import environment
 from experiments.smollm2 import evaluate, search, shop, specialists
-from experiments.smollm2.report import CLASSIC, PAPER_BUDGET, SEARCHES, report, search_row_name
+from experiments.smollm2.report import CLASSIC, SEARCHES, report, search_row_name
 from experiments.smollm2.specialists import GGUF, log
 from m2n2_jax.llm import checkpoint, model
 from m2n2_jax.methods import classic_merges, layer_cma

@@ -6,11 +6,13 @@ materialises a recipe once and scores it, and one memo of scores per method
 (a killed run re-proposes the same children, deterministic in the seed, and
 finds their scores on disk: that is how a run resumes).
 
-- M2N2 and its ablations, GA: the recipe archive (no mutation), archive 15,
-  a warm-up of random SLERP merges of the two seeds (split point and ratio drawn
-  as in crossover), then ``recipes.ask`` / ``tell``, one child per step.
-- MAP-Elites: a 4 x 4 grid over (math fitness accuracy, agent fitness score),
-  quality = mean fitness score, parents by quality, M2N2's split-point SLERP.
+- M2N2 and its ablations, GA: the recipe archive (``recipes.RecipeM2N2``: no
+  mutation, archive 15, a warm-up of random SLERP merges of the two seeds, split
+  point and ratio drawn as in crossover), one child per step.
+- MAP-Elites (``methods.recipe_map_elites``): a 4 x 4 grid over (math fitness
+  accuracy, agent fitness score), quality = mean fitness score, parents by
+  quality, M2N2's split-point SLERP.
+Both run through the engine's one run function (:func:`m2n2_jax.engine.search.run_search`).
 CMA-ES over per-layer SLERP coefficients is :mod:`m2n2_jax.methods.layer_cma`
 (dense merges; the pipeline scores them through :meth:`Scorer.score_vector`).
 """
@@ -21,11 +23,13 @@ import json
 import os
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from m2n2_jax.algorithm import recipes
+from m2n2_jax.engine.budget import plan_budget
+from m2n2_jax.engine.search import ENGINE, Scorer as EngineScorer, run_search
+from m2n2_jax.methods.recipe_map_elites import RecipeMapElites
 from m2n2_jax.methods.registry import method_config
 
 GRID = 4
@@ -129,32 +133,21 @@ def pick(candidates, selection: Scorer, decode=None) -> tuple[int, list[float]]:
     return int(np.argmax(means)), means
 
 
-def warmup_child(config, key, bank) -> recipes.Recipe:
-    """A random SLERP merge of the two seeds (split point and ratio drawn as crossover draws them)."""
-    split, w = recipes.draw_split(key, bank.size, config.use_split_point)
-    s0, s1 = (recipes.seed_recipe(k, bank.num_seeds, bank.size) for k in (0, 1))
-    return recipes.crossover(bank, s0, s1, split, w, config.use_split_point, float(config.params().slerp_eps))
+def _run(strategy, scorer: Scorer, seed_scores, budget: int, seed: int):
+    """One run of a recipe strategy through the engine's run function, one child per step."""
+    out = run_search(strategy, None, EngineScorer(scorer, jittable=False), [seed], strategy.seeds(),
+                     plan_budget(budget, 1, 1), seed_scores=jnp.asarray(seed_scores), keys=ENGINE)
+    curve = [[int(fp), float(v)] for fp, v in zip(out.forward_passes[1:], out.metrics["best_train_score"][0, 1:])]
+    return out.runs.state[0], curve
 
 
 def run_m2n2(method: str, scorer: Scorer, seed_scores, budget: int, warmup: int, archive_size: int, seed: int):
-    """M2N2 / ablation / GA on a recipe archive: (best recipe, its scores, curve, info)."""
+    """M2N2 / ablation / GA on a recipe archive (``recipes.RecipeM2N2``): (best recipe, its scores, curve, info)."""
     config = method_config(method, mutation_std=0.0, archive_size=archive_size, children_per_step=1,
                            capacity_rule="archive-max")
-    bank = scorer.bank
-    archive = recipes.init(config, bank, jnp.asarray(seed_scores))
-    key = jax.random.PRNGKey(seed)
-    curve = []
-    while archive.evaluated < budget:
-        key, sub = jax.random.split(key)
-        if archive.evaluated < warmup:
-            children = [warmup_child(config, sub, bank)]
-        else:
-            children = recipes.ask(config, sub, bank, archive)
-        scores = np.stack([scorer(c) for c in children])
-        archive = recipes.tell(config, archive, children, jnp.asarray(scores))
-        curve.append([archive.evaluated, float(jnp.max(jnp.mean(archive.scores, axis=1)))])
+    archive, curve = _run(recipes.RecipeM2N2(config, scorer.bank, warmup=warmup), scorer, seed_scores, budget, seed)
     best = archive.best_index
-    memory = recipes.archive_memory(bank, archive)
+    memory = recipes.archive_memory(scorer.bank, archive)
     return archive.recipes[best], np.asarray(archive.scores[best]), curve, {
         "inserted": archive.inserted, "segments": archive.recipes[best].num_segments,
         "archive_memory": {k: (float(v) if isinstance(v, float) else int(v)) for k, v in memory.items()},
@@ -170,38 +163,9 @@ def cell_of(scores, num_math: int, bins: int = GRID) -> tuple[int, int]:
 
 def run_map_elites(scorer: Scorer, seed_scores, num_math: int, budget: int, warmup: int, seed: int):
     """MAP-Elites (4 x 4, quality = mean fitness score) with M2N2's split-point SLERP crossover."""
-    config = method_config("m2n2", mutation_std=0.0, children_per_step=1)
-    bank = scorer.bank
-    cells: dict = {}
-
-    def offer(recipe, scores) -> bool:
-        cell, quality = cell_of(scores, num_math), float(np.mean(scores))
-        if cell not in cells or quality > cells[cell][1]:
-            cells[cell] = (recipe, quality, scores)
-            return True
-        return False
-
-    for k in range(bank.num_seeds):
-        offer(recipes.seed_recipe(k, bank.num_seeds, bank.size), np.asarray(seed_scores[k]))
-    rng_key, evaluated, inserted, curve = jax.random.PRNGKey(seed), 0, 0, []
-    while evaluated < budget:
-        rng_key, sub = jax.random.split(rng_key)
-        if evaluated < warmup:
-            child = warmup_child(config, sub, bank)
-        else:
-            k_parents, k_cross = jax.random.split(sub)
-            occupied = sorted(cells)
-            quality = np.asarray([cells[c][1] for c in occupied], np.float64)
-            p = quality / quality.sum() if quality.sum() > 0 else np.full(len(occupied), 1 / len(occupied))
-            replace = quality.sum() < 2 or len(occupied) < 2
-            pick = np.asarray(jax.random.choice(k_parents, len(occupied), (2,), replace=bool(replace),
-                                                p=jnp.asarray(p, jnp.float32)))
-            x, y = cells[occupied[pick[0]]][0], cells[occupied[pick[1]]][0]
-            split, w = recipes.draw_split(k_cross, bank.size, True)
-            child = recipes.crossover(bank, x, y, split, w, True, float(config.params().slerp_eps))
-        inserted += offer(child, scorer(child))
-        evaluated += 1
-        curve.append([evaluated, max(c[1] for c in cells.values())])
-    best = max(cells.values(), key=lambda c: c[1])
-    return best[0], best[2], curve, {"inserted": inserted, "occupied_cells": len(cells),
-                                     "segments": best[0].num_segments}
+    strategy = RecipeMapElites(scorer.bank, lambda scores: cell_of(scores, num_math), warmup,
+                               method_config("m2n2", mutation_std=0.0, children_per_step=1))
+    grid, curve = _run(strategy, scorer, seed_scores, budget, seed)
+    recipe, _, scores = max(grid.cells.values(), key=lambda c: c[1])
+    return recipe, scores, curve, {"inserted": grid.inserted, "occupied_cells": len(grid.cells),
+                                   "segments": recipe.num_segments}

@@ -69,7 +69,7 @@ def test_warmup_children_are_slerps_of_the_two_seeds():
     scorer, _ = toy()
     from m2n2_jax.methods.registry import method_config
 
-    child = search.warmup_child(method_config("m2n2", mutation_std=0.0), jax.random.PRNGKey(1), scorer.bank)
+    child = recipes.random_slerp(method_config("m2n2", mutation_std=0.0), jax.random.PRNGKey(1), scorer.bank)
     assert child.coeffs.shape == (2, 2) and 0 < child.bounds[1] < D  # two segments around a split point
     assert np.all(child.coeffs > 0)  # each segment mixes both seeds
 
