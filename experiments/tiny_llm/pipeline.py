@@ -282,11 +282,13 @@ def m2n2_merge(config, bank, score_vector, budget: int, seed: int, adaptive_capa
     archive = recipes.init(config, bank, jnp.stack([score_vector(x) for x in seed_vectors]),
                            adaptive_capacity=adaptive_capacity)
     key = jax.random.PRNGKey(seed)
-    curve, buffer = [], np.empty(bank.size, np.float32)
+    curve = []
     while archive.evaluated < budget:
         key, sub = jax.random.split(key)
         children = recipes.ask(config, sub, bank, archive)
-        scores = jnp.stack([score_vector(jnp.asarray(bank.materialise(r, buffer))) for r in children])
+        # a fresh array per child: JAX may still read a numpy array after jnp.asarray returns (an asynchronous
+        # transfer), so one buffer rewritten for the next child made scores differ from run to run
+        scores = jnp.stack([score_vector(jnp.asarray(bank.materialise(r))) for r in children])
         archive = recipes.tell(config, archive, children, scores)
         curve.append((archive.evaluated, float(jnp.max(jnp.mean(archive.scores, axis=1)))))
     return archive, curve

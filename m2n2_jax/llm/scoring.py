@@ -125,6 +125,30 @@ def plan_rows(tokens, targets, batch_size: int = 16, *, bucket: bool = True, pre
                    int(sum(len(s) for s in scored_at)))
 
 
+def working_bytes(config, plan: RowPlan, target_only: bool = True) -> int:
+    """Bytes one call of :func:`exact_match_scorer` holds beyond the weights: the plan's arrays (device
+    constants) and, for its largest batch, float32 activations of one layer (residual, norm, queries,
+    the keys and values repeated per head, attention logits and weights, the MLP's three
+    intermediates, the mask and rotary tables), the key/value cache of every layer and the logits with
+    their log-softmax.
+    An upper bound of what is live at once (XLA frees most of it layer by layer)."""
+    c = config
+    p = len(plan.prefix)
+    data = plan.prefix.nbytes + sum(a.nbytes for g in plan.groups for a in (g.rows, g.tokens, g.gather, g.gold,
+                                                                             g.mask))
+    largest = 0
+    for g in plan.groups:
+        _, b, t = g.tokens.shape
+        span = p + t
+        layer = b * t * (2 * c.hidden_size + c.num_attention_heads * c.head_dim + 3 * c.intermediate_size) \
+            + 2 * b * span * c.num_attention_heads * c.head_dim + 2 * b * c.num_attention_heads * t * span \
+            + b * t * (span + 2 * c.head_dim)  # the attention mask and the rotary tables
+        cache = 2 * c.num_hidden_layers * b * span * c.num_key_value_heads * c.head_dim
+        logits = 2 * b * (g.gather.shape[2] if target_only else t) * c.vocab_size
+        largest = max(largest, layer + cache + logits)
+    return int(data + 4 * largest)
+
+
 def scores_at(logits, gold, mask, eos_ids: tuple = ()):
     """(exact match [B], gold likelihood [B]) from logits [B, A, V] at the scored positions."""
     logits = logits.astype(jnp.float32)

@@ -93,3 +93,26 @@ def test_bfloat16_matmuls_round_operands_and_accumulate_in_float32():
     assert model.resolve_matmul("float32") == "float32"
     with pytest.raises(Exception, match="choose auto, float32 or bfloat16"):
         model.resolve_matmul("fp8")
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 24])
+def test_the_working_set_bounds_what_xla_allocates(batch_size):
+    """working_bytes plus one copy of the weights (the task's scoring_bytes) is at least the temporary
+    memory XLA's compiled scorer reports, and grows with the batch (a model whose weights are not
+    dwarfed by XLA's fixed per-program buffers)."""
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2)
+    params = model.init_params(config, 0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 512, (24, 40)).astype(np.int32)
+    tokens[:, :6] = PREFIX + [5]
+    targets = np.zeros((24, 40), np.float32)
+    for i, end in enumerate(rng.integers(12, 40, 24)):
+        targets[i, end - rng.integers(1, 6):end] = 1
+    plan = scoring.plan_rows(tokens, targets, batch_size=batch_size)
+    compiled = jax.jit(scoring.exact_match_scorer(config, plan)).lower(params).compile()
+    bound = scoring.working_bytes(config, plan) + 4 * model.num_params(params)
+    assert bound >= compiled.memory_analysis().temp_size_in_bytes
+    if batch_size > 1:
+        smaller = scoring.plan_rows(tokens, targets, batch_size=1)
+        assert scoring.working_bytes(config, plan) > scoring.working_bytes(config, smaller)
