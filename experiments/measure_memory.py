@@ -66,6 +66,8 @@ def llama30m(out: str, gguf: str) -> list[str]:
     for path, p in zip(paths, (params, noisy)):
         checkpoint.save(path, config, p)
         tokenizer.save_pretrained(path)
+        with open(os.path.join(path, "generation_config.json"), "w") as f:
+            json.dump({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}, f)
     return paths
 
 

@@ -116,3 +116,32 @@ def test_the_working_set_bounds_what_xla_allocates(batch_size):
     if batch_size > 1:
         smaller = scoring.plan_rows(tokens, targets, batch_size=1)
         assert scoring.working_bytes(config, plan) > scoring.working_bytes(config, smaller)
+
+
+ROWS_ON_DEVICES = """
+import sys, jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests/llm"); sys.path.insert(0, "tests")
+from test_llm_scoring import CONFIG, data
+from m2n2_jax.llm import generate, scoring
+params, (tokens, targets) = data()
+want_exact, want_likelihood = generate.answer_scores(CONFIG, params, jnp.asarray(tokens), jnp.asarray(targets))
+plan = scoring.plan_rows(tokens, targets, batch_size=4)
+assert jax.device_count() == 3 and any(g.tokens.shape[1] % 3 for g in plan.groups)  # rows padded somewhere
+exact, likelihood = jax.jit(scoring.exact_match_scorer(CONFIG, plan, likelihood=True, devices=jax.devices()))(params)
+np.testing.assert_array_equal(exact, want_exact)
+np.testing.assert_allclose(likelihood, want_likelihood, rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+def test_rows_split_over_devices_give_the_same_scores():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT_DIR
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "PYTHONPATH": ROOT_DIR}
+    done = subprocess.run([sys.executable, "-c", ROWS_ON_DEVICES], cwd=ROOT_DIR, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
