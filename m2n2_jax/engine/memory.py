@@ -158,7 +158,11 @@ def plan_merge(num_params: int, archive: str, archive_given: bool, num_inputs: i
         say(f"m2n2 merge: the dense archive would need about {need.gib:.1f} GiB ({what}) but {room / GIB:.1f} GiB "
             f"are available ({which}); using --archive recipes (about {recipes.gib:.1f} GiB).")
         return "recipes"
-    option = "--archive recipes" if recipes_fit else "fewer --runs or a machine with more memory"
+    one_device = dict(shape, devices=1)
+    single = recipes_possible and devices > 1 and fits(estimate(num_params, "recipes", **one_device), room)
+    option = ("--archive recipes" if recipes_fit else
+              "--archive recipes --cpu-devices 1 (one scoring device)" if single and archive == "dense" else
+              "--cpu-devices 1 (one scoring device)" if single else "fewer --runs or a machine with more memory")
     other = f"; {recipes.gib:.1f} GiB with --archive recipes" if archive == "dense" else ""
     raise ConfigError(f"this merge needs about {need.gib:.1f} GiB with the {archive} archive ({what}{other}) but "
                       f"{room / GIB:.1f} GiB are available ({which}); use {option}.")
