@@ -25,7 +25,7 @@ from m2n2_jax.tasks.custom import custom_task
 from m2n2_jax.llm import checkpoint
 from m2n2_jax.llm import model as llama
 from m2n2_jax.llm import scoring
-from m2n2_jax.llm.data import Batch, encode
+from m2n2_jax.llm.data import encode
 from m2n2_jax.llm.hf_tokenizer import load_tokenizer
 
 
