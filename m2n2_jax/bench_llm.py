@@ -29,13 +29,14 @@ from m2n2_jax.errors import DataError
 from m2n2_jax.llm import checkpoint, hf_tokenizer, model, scoring
 from m2n2_jax.llm.data import encode
 
-# (label, target only, buckets, prefix, matmul)
+# (label, target only, buckets, prefix, matmul[, CPU devices sharing each batch's rows])
 VARIANTS = [
     ("float32, full rows, LM head everywhere (before issue 23)", False, False, False, "float32"),
     ("logits only at answer tokens", True, False, False, "float32"),
     ("length buckets", False, True, False, "float32"),
     ("shared prefix cached", False, False, True, "float32"),
     ("bfloat16 operands, float32 accumulation", False, False, False, "bfloat16"),
+    ("all savings, float32, rows over 2 CPU devices", True, True, True, "float32", 2),
     ("all savings, float32", True, True, True, "float32"),
     ("all savings, bfloat16 operands", True, True, True, "bfloat16"),
 ]
@@ -106,10 +107,14 @@ def run_llm_benchmark(gguf: str | None = None, rows: int = 12, batch_size: int =
               "repeats, best of each reported")
     print(header, flush=True)
     calls, plans = {}, {}
-    for label, target_only, bucket, prefix, matmul in variants:
+    for label, target_only, bucket, prefix, matmul, *devices in variants:
         plan = scoring.plan_rows(tokens, targets, batch_size, bucket=bucket, prefix=prefix)
+        spread = jax.devices()[:devices[0]] if devices else None
+        if spread is not None and len(spread) < devices[0]:
+            print(f"  skipped {label}: {len(spread)} device(s) (m2n2 bench --cpu-devices {devices[0]})", flush=True)
+            continue
         call = jax.jit(scoring.exact_match_scorer(config, plan, eos_ids, matmul=matmul, target_only=target_only,
-                                                  likelihood=True))
+                                                  likelihood=True, devices=spread))
         start = time.perf_counter()
         first = np.asarray(call(params))
         print(f"  compiled and ran {label} in {time.perf_counter() - start:.0f} s "
@@ -132,7 +137,7 @@ def run_llm_benchmark(gguf: str | None = None, rows: int = 12, batch_size: int =
     ceiling = {p: max(v) for p, v in gemm.items()}
     table = ["| variant of the fitness call | time per child | vs before | useful TFLOP/s | padding | "
              "exact match equal | largest likelihood change |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, _, _, _, matmul in variants:
+    for label in calls:
         plan, got = plans[label]
         table.append(f"| {label} | {best[label]:.2f} s | {best[base_label] / best[label]:.2f}x | "
                      f"{flops / best[label] / 1e12:.4f} | {plan.padding_fraction:.0%} | "

@@ -73,12 +73,12 @@ class Scorer:
                  keep: int = 0):
         self.bank, self.layout, self.score_params = bank, layout, score_params
         self.memo, self.progress, self.keep = memo or Memo(None), progress, keep
-        self.buffer = np.empty(bank.size, np.float32)
         self.evaluations, self.fresh, self.seconds, self.times = 0, 0, 0.0, []
         self.best: list[tuple[float, int, str, object]] = []  # (mean score, -order, key, recipe or vector)
 
     def dense(self, recipe):
-        return self.layout.unravel(jnp.asarray(self.bank.materialise(recipe, self.buffer)))
+        # a fresh array per child, never a reused buffer: JAX may read a numpy array after jnp.asarray returns
+        return self.layout.unravel(jnp.asarray(self.bank.materialise(recipe)))
 
     def __call__(self, recipe) -> np.ndarray:
         return self._scored(recipe_key(recipe), lambda: self.dense(recipe), recipe)

@@ -289,8 +289,9 @@ def m2n2_merge(config, bank, score_vector, budget: int, seed: int):
     With continuous scores (likelihood) the config's capacity rule is "archive-max": c_j is then
     the best score any archive member reaches on datapoint j.
     """
-    buffer = np.empty(bank.size, np.float32)
-    scorer = Scorer(lambda recipe: score_vector(jnp.asarray(bank.materialise(recipe, buffer))), jittable=False)
+    # a fresh array per child: JAX may still read a numpy array after jnp.asarray returns (an asynchronous
+    # transfer), so one buffer rewritten for the next child made scores differ from run to run
+    scorer = Scorer(lambda recipe: score_vector(jnp.asarray(bank.materialise(recipe))), jittable=False)
     strategy = _CurvedRecipeM2N2(config, bank)
     batch = config.children_per_step
     steps = -(-budget // batch)  # whole steps until the budget is reached

@@ -56,7 +56,7 @@ def run(args) -> int:
     family = get(method).family
     if family in ARCHIVE_SIZES:  # memory known before work starts (one line if short)
         check_evolve(task.num_params, 2, len(seeds), settings["archive_size"] or ARCHIVE_SIZES[family],
-                     settings["batch"], len(jax.local_devices()))
+                     settings["batch"], len(jax.local_devices()), scoring_bytes=task.scoring_bytes)
     start = prepare(method, task, seeds, forward_passes, init=init, log_every=settings["log_every"],
                     **settings.algorithm())  # every check, before anything is written
     distributed.main_first(prepare_output_dir, out, bool(args.resume), args.overwrite)  # multi-host: process 0 first

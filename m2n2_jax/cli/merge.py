@@ -82,7 +82,7 @@ def run(args) -> int:
             task.num_params, settings["archive"], args.archive is not None, len(paths), settings["runs"],
             settings["archive_size"] or 20, settings["batch"], len(jax.local_devices()),
             methods.get(method).recipes and not settings["mutation_std"],
-            say=lambda line: print(line, file=sys.stderr))
+            say=lambda line: print(line, file=sys.stderr), scoring_bytes=task.scoring_bytes)
     out = args.resume or args.out or os.path.join("runs", f"merge-{os.path.basename(settings['task'])}")
     seeds = settings.seeds()
     start = methods.prepare(method, task, seeds, settings["forward_passes"], init="pretrained",

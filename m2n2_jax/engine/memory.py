@@ -21,7 +21,10 @@ The model terms count float32 copies of the flat model (4 D bytes each):
   device); per device one child being materialised and its scoring copy (2);
   the host's working copy (1); the reported models (2 R);
 - both: the task's own copy of the model's parameters (1) and the runtime
-  (Python, JAX, XLA's compiled programs): :data:`RUNTIME_BYTES`.
+  (Python, JAX, XLA's compiled programs): :data:`RUNTIME_BYTES`;
+- the task's own scoring memory (``Task.scoring_bytes``: activations, caches,
+  logits, the tokenised data, a further copy of the weights), once per
+  scoring device.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class Need:
     bytes: int
     model_copies: float
     archive: str
+    task_bytes: int = 0
 
     @property
     def gib(self) -> float:
@@ -57,10 +61,12 @@ def model_copies(archive: str, num_inputs: int, runs: int = 1, archive_size: int
 
 
 def estimate(num_params: int, archive: str = "dense", num_inputs: int = 2, runs: int = 1, archive_size: int = 20,
-             batch: int = 1, devices: int = 1, runtime_bytes: int = RUNTIME_BYTES) -> Need:
-    """Estimated peak resident memory of a run over a model of ``num_params`` float32 parameters."""
+             batch: int = 1, devices: int = 1, runtime_bytes: int = RUNTIME_BYTES, scoring_bytes: int = 0) -> Need:
+    """Estimated peak resident memory of a run over a model of ``num_params`` float32 parameters whose task
+    holds ``scoring_bytes`` per scoring call (``Task.scoring_bytes``), one call per device at a time."""
     copies = model_copies(archive, num_inputs, runs, archive_size, batch, devices)
-    return Need(int(runtime_bytes + copies * 4 * num_params), copies, archive)
+    task = int(scoring_bytes) * max(1, devices)
+    return Need(int(runtime_bytes + copies * 4 * num_params + task), copies, archive, task)
 
 
 def _read(path: str) -> str | None:
@@ -133,13 +139,15 @@ def fits(need: Need, room: int | None) -> bool:
 
 
 def plan_merge(num_params: int, archive: str, archive_given: bool, num_inputs: int, runs: int, archive_size: int,
-               batch: int, devices: int = 1, recipes_possible: bool = True, room=None, say=print) -> str:
+               batch: int, devices: int = 1, recipes_possible: bool = True, room=None, say=print,
+               scoring_bytes: int = 0) -> str:
     """The archive a merge runs on: ``archive`` when it fits; the recipe archive instead (announced with
     ``say``) when the dense one would not fit, was not asked for explicitly and the method can run on
     recipes (``recipes_possible``); else a one-line refusal. ``room``: (bytes, which limit), default
-    :func:`available`."""
+    :func:`available`; ``scoring_bytes``: the task's own memory per scoring call."""
     room, which = available() if room is None else room
-    shape = dict(num_inputs=num_inputs, runs=runs, archive_size=archive_size, batch=batch, devices=devices)
+    shape = dict(num_inputs=num_inputs, runs=runs, archive_size=archive_size, batch=batch, devices=devices,
+                 scoring_bytes=scoring_bytes)
     need = estimate(num_params, archive, **shape)
     if fits(need, room):
         return archive
@@ -150,21 +158,26 @@ def plan_merge(num_params: int, archive: str, archive_given: bool, num_inputs: i
         say(f"m2n2 merge: the dense archive would need about {need.gib:.1f} GiB ({what}) but {room / GIB:.1f} GiB "
             f"are available ({which}); using --archive recipes (about {recipes.gib:.1f} GiB).")
         return "recipes"
-    option = "--archive recipes" if recipes_fit else "fewer --runs or a machine with more memory"
+    one_device = dict(shape, devices=1)
+    single = recipes_possible and devices > 1 and fits(estimate(num_params, "recipes", **one_device), room)
+    option = ("--archive recipes" if recipes_fit else
+              "--archive recipes --cpu-devices 1 (one scoring device)" if single and archive == "dense" else
+              "--cpu-devices 1 (one scoring device)" if single else "fewer --runs or a machine with more memory")
     other = f"; {recipes.gib:.1f} GiB with --archive recipes" if archive == "dense" else ""
     raise ConfigError(f"this merge needs about {need.gib:.1f} GiB with the {archive} archive ({what}{other}) but "
                       f"{room / GIB:.1f} GiB are available ({which}); use {option}.")
 
 
 def check_evolve(num_params: int, num_inputs: int, runs: int, archive_size: int, batch: int, devices: int = 1,
-                 room=None) -> None:
+                 room=None, scoring_bytes: int = 0) -> None:
     """Refuse in one line a dense-archive run that would not fit in the memory available."""
     room, which = available() if room is None else room
-    need = estimate(num_params, "dense", num_inputs, runs, archive_size, batch, devices)
+    need = estimate(num_params, "dense", num_inputs, runs, archive_size, batch, devices, scoring_bytes=scoring_bytes)
     if fits(need, room):
         return
-    per_run = (need.bytes - RUNTIME_BYTES) / runs
-    fitting_runs = int((HEADROOM * room - RUNTIME_BYTES) // per_run) if per_run else runs
+    fixed = RUNTIME_BYTES + need.task_bytes
+    per_run = (need.bytes - fixed) / runs
+    fitting_runs = int((HEADROOM * room - fixed) // per_run) if per_run else runs
     option = (f"--runs {fitting_runs}" if fitting_runs >= 1 else
               "a smaller --archive-size, or m2n2 merge --archive recipes to merge given models")
     raise ConfigError(f"this run needs about {need.gib:.1f} GiB ({num_params:,} parameters, {runs} run(s) x "

@@ -125,6 +125,30 @@ def plan_rows(tokens, targets, batch_size: int = 16, *, bucket: bool = True, pre
                    int(sum(len(s) for s in scored_at)))
 
 
+def working_bytes(config, plan: RowPlan, target_only: bool = True) -> int:
+    """Bytes one call of :func:`exact_match_scorer` holds beyond the weights: the plan's arrays (device
+    constants) and, for its largest batch, float32 activations of one layer (residual, norm, queries,
+    the keys and values repeated per head, attention logits and weights, the MLP's three
+    intermediates, the mask and rotary tables), the key/value cache of every layer and the logits with
+    their log-softmax.
+    An upper bound of what is live at once (XLA frees most of it layer by layer)."""
+    c = config
+    p = len(plan.prefix)
+    data = plan.prefix.nbytes + sum(a.nbytes for g in plan.groups for a in (g.rows, g.tokens, g.gather, g.gold,
+                                                                             g.mask))
+    largest = 0
+    for g in plan.groups:
+        _, b, t = g.tokens.shape
+        span = p + t
+        layer = b * t * (2 * c.hidden_size + c.num_attention_heads * c.head_dim + 3 * c.intermediate_size) \
+            + 2 * b * span * c.num_attention_heads * c.head_dim + 2 * b * c.num_attention_heads * t * span \
+            + b * t * (span + 2 * c.head_dim)  # the attention mask and the rotary tables
+        cache = 2 * c.num_hidden_layers * b * span * c.num_key_value_heads * c.head_dim
+        logits = 2 * b * (g.gather.shape[2] if target_only else t) * c.vocab_size
+        largest = max(largest, layer + cache + logits)
+    return int(data + 4 * largest)
+
+
 def scores_at(logits, gold, mask, eos_ids: tuple = ()):
     """(exact match [B], gold likelihood [B]) from logits [B, A, V] at the scored positions."""
     logits = logits.astype(jnp.float32)
@@ -164,22 +188,45 @@ def logits_after_prefix(config, params, cache, tokens, gather, matmul: str = "fl
     return logits if target_only else jnp.take_along_axis(logits, gather[..., None], axis=1)
 
 
+def split_rows(arrays, count: int):
+    """The batch arrays [G, B, ...] with B padded to a multiple of ``count`` by repeating the last row."""
+    pad = -arrays[0].shape[1] % count
+    return tuple(np.concatenate([a, np.repeat(a[:, -1:], pad, axis=1)], axis=1) if pad else a for a in arrays)
+
+
 def exact_match_scorer(config, plan: RowPlan, eos_ids: tuple = (), *, matmul: str = "float32",
-                       target_only: bool = True, likelihood: bool = False):
+                       target_only: bool = True, likelihood: bool = False, devices=None):
     """``scores(params) -> [N]``: teacher-forced exact match of each row of ``plan``, jit-able; with
-    ``likelihood``, (exact match [N], gold likelihood [N])."""
+    ``likelihood``, (exact match [N], gold likelihood [N]). ``devices``: two or more devices (e.g. the CPU
+    split by :func:`m2n2_jax.engine.devices.expose_cpu_devices`) share every batch's rows, the weights
+    replicated (``jax.shard_map``); default one device runs the batches one after another."""
+    from jax.sharding import Mesh, PartitionSpec as P
+
     matmul = model.resolve_matmul(matmul)
     eos_ids = tuple(int(e) for e in eos_ids)
+    devices = list(devices or [])
+    mesh = Mesh(np.array(devices), ("rows",)) if len(devices) > 1 else None
+
+    def batches(params, cache, arrays):
+        def one(batch):
+            tokens, gather, gold, mask = batch
+            logits = logits_after_prefix(config, params, cache, tokens, gather, matmul, target_only)
+            return scores_at(logits, gold, mask, eos_ids)
+        return jax.lax.map(one, arrays)
 
     def scores(params):
         cache = prefix_cache(config, params, plan.prefix, matmul) if len(plan.prefix) else None
         exact = likely = jnp.zeros(plan.num_rows, jnp.float32)
         for g in plan.groups:
-            def one(batch):
-                tokens, gather, gold, mask = batch
-                logits = logits_after_prefix(config, params, cache, tokens, gather, matmul, target_only)
-                return scores_at(logits, gold, mask, eos_ids)
-            e, l = jax.lax.map(one, tuple(jnp.asarray(a) for a in (g.tokens, g.gather, g.gold, g.mask)))
+            arrays = (g.tokens, g.gather, g.gold, g.mask)
+            if mesh is None:
+                e, l = batches(params, cache, tuple(jnp.asarray(a) for a in arrays))
+            else:  # each device scores its share of every batch's rows; padding rows are dropped
+                rows = g.tokens.shape[1]
+                spread = jax.shard_map(batches, mesh=mesh, in_specs=(P(), P(), P(None, "rows")),
+                                       out_specs=P(None, "rows"), check_vma=False)
+                e, l = (x[:, :rows] for x in spread(params, cache, tuple(map(jnp.asarray,
+                                                                              split_rows(arrays, len(devices))))))
             exact = exact.at[g.rows.reshape(-1)].set(e.reshape(-1))
             likely = likely.at[g.rows.reshape(-1)].set(l.reshape(-1))
         return (exact, likely) if likelihood else exact

@@ -25,7 +25,7 @@ from m2n2_jax.tasks.custom import custom_task
 from m2n2_jax.llm import checkpoint
 from m2n2_jax.llm import model as llama
 from m2n2_jax.llm import scoring
-from m2n2_jax.llm.data import Batch, encode
+from m2n2_jax.llm.data import encode
 from m2n2_jax.llm.hf_tokenizer import load_tokenizer
 
 
@@ -81,16 +81,17 @@ def exact_match_task(model: str, data: str, test_data: str | None = None, max_ex
     train = encode(tokenizer, read_examples(data, max_examples))
     test = encode(tokenizer, read_examples(test_data, max_examples)) if test_data else None
 
-    def scorer(batch: Batch):
-        plan = scoring.plan_rows(batch.tokens, batch.targets, batch_size)
-        return scoring.exact_match_scorer(config, plan, eos_ids, matmul=matmul)
-
-    train_scores = scorer(train)
-    test_scores = None if test is None else scorer(test)
+    plans = {name: scoring.plan_rows(b.tokens, b.targets, batch_size)
+             for name, b in (("train", train), ("test", test)) if b is not None}
+    scorers = {name: scoring.exact_match_scorer(config, plan, eos_ids, matmul=matmul) for name, plan in plans.items()}
+    train_scores, test_scores = scorers["train"], scorers.get("test")
+    # the scorer's own copy of the weights beyond the child (measured: docs/memory.md) and its working set
+    scoring_bytes = 4 * llama.num_params(params) + max(scoring.working_bytes(config, p) for p in plans.values())
     metrics = None if test is None else (lambda p: {"test_exact_match": jnp.mean(test_scores(p))})
     return custom_task("llm-exact-match", params, train_scores, metrics,
                        layout_order=llama.checkpoint_order(params),
                        info={"model": f"{config.model_type} {config.num_hidden_layers} layers, hidden {config.hidden_size}",
                              "data": data, "test_data": test_data,  # as given: results files travel
                              "train_size": len(train), "test_size": 0 if test is None else len(test),
-                             "matmul": llama.resolve_matmul(matmul)})
+                             "matmul": llama.resolve_matmul(matmul)},
+                       scoring_bytes=scoring_bytes)

@@ -27,6 +27,10 @@ class Task:
         with. Left out, it is read from ``metrics``' keys: "test_accuracy"
         if there is one, else the first, else "best_train_score" (which every
         method logs), so it always names a metric the runs log.
+    scoring_bytes: memory one ``score_vector`` call holds beyond its input
+        and one copy of the model (activations, caches, logits, the data, any
+        further copy of the weights), per scoring device; the memory estimate
+        (:mod:`m2n2_jax.engine.memory`) adds it. 0 where it is negligible.
     """
 
     name: str
@@ -41,6 +45,7 @@ class Task:
     info: dict = dataclasses.field(default_factory=dict)
     headline_metric: str | None = None
     groups: Any = None
+    scoring_bytes: int = 0
 
     def __post_init__(self):
         if self.headline_metric is None:

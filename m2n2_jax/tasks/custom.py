@@ -24,7 +24,8 @@ from m2n2_jax.tasks.base import Task, metric_shapes
 
 
 def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Callable | None = None, *,
-                seed_std: float = 0.01, capacity=None, info: dict | None = None, layout_order=None) -> Task:
+                seed_std: float = 0.01, capacity=None, info: dict | None = None, layout_order=None,
+                scoring_bytes: int = 0) -> Task:
     """A Task over models shaped like ``example_params``.
 
     score_fn(params) -> [N] per-datapoint scores on the data the search sees
@@ -35,6 +36,8 @@ def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Calla
         headline is the best member's mean training score.
     seed_std: std of the N(0, seed_std^2) seeds drawn when evolving from scratch.
     layout_order: the leaves' order in the flat vector (default: :func:`~m2n2_jax.algorithm.flatten.natural_order`).
+    scoring_bytes: memory one scoring call needs beyond its input and one copy of the model
+        (:attr:`~m2n2_jax.tasks.base.Task.scoring_bytes`), for the memory estimate.
     """
     layout = VectorLayout.of(example_params, order=layout_order)
     shape = jax.eval_shape(score_fn, example_params)
@@ -64,6 +67,7 @@ def custom_task(name: str, example_params, score_fn: Callable, metrics_fn: Calla
 
     return Task(name=name, layout=layout, num_datapoints=int(shape.shape[0]), score_vector=score_vector,
                 metrics=metrics, random_seed=random_seed, capacity=capacity, headline_metric=headline,
+                scoring_bytes=int(scoring_bytes),
                 info={"num_params": layout.size, "num_datapoints": int(shape.shape[0]), **(info or {})})
 
 

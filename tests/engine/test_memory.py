@@ -98,3 +98,17 @@ def test_a_run_that_would_not_fit_under_a_memory_limit_ends_in_one_line(tmp_path
     lines = evolve.stderr.strip().splitlines()
     assert evolve.returncode == 2 and len(lines) == 1 and "this run needs about" in lines[0], evolve.stderr
     assert "RLIMIT_AS" in lines[0] and not (tmp_path / "e").exists()
+
+
+def test_the_tasks_scoring_memory_counts_once_per_scoring_device():
+    base = memory.estimate(1_000_000, "recipes", num_inputs=2, devices=2)
+    more = memory.estimate(1_000_000, "recipes", num_inputs=2, devices=2, scoring_bytes=300 << 20)
+    assert more.bytes - base.bytes == 2 * (300 << 20) == more.task_bytes
+    said = []  # a merge that fits without the task's memory is refused with it, naming the one-device run that fits
+    room = (int((base.bytes + (200 << 20)) / memory.HEADROOM), "MemAvailable")
+    shape = dict(num_inputs=2, runs=1, archive_size=20, batch=1, devices=2, room=room, say=said.append)
+    assert memory.plan_merge(1_000_000, "recipes", True, **shape) == "recipes"
+    with pytest.raises(ConfigError, match=r"with the recipes archive .* use --cpu-devices 1 \(one scoring device\)\.$"):
+        memory.plan_merge(1_000_000, "recipes", True, scoring_bytes=150 << 20, **shape)  # one device fits
+    with pytest.raises(ConfigError, match=r"use --archive recipes --cpu-devices 1 \(one scoring device\)\.$"):
+        memory.plan_merge(1_000_000, "dense", False, scoring_bytes=150 << 20, **shape)

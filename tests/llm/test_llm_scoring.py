@@ -93,3 +93,55 @@ def test_bfloat16_matmuls_round_operands_and_accumulate_in_float32():
     assert model.resolve_matmul("float32") == "float32"
     with pytest.raises(Exception, match="choose auto, float32 or bfloat16"):
         model.resolve_matmul("fp8")
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 24])
+def test_the_working_set_bounds_what_xla_allocates(batch_size):
+    """working_bytes plus one copy of the weights (the task's scoring_bytes) is at least the temporary
+    memory XLA's compiled scorer reports, and grows with the batch (a model whose weights are not
+    dwarfed by XLA's fixed per-program buffers)."""
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2)
+    params = model.init_params(config, 0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 512, (24, 40)).astype(np.int32)
+    tokens[:, :6] = PREFIX + [5]
+    targets = np.zeros((24, 40), np.float32)
+    for i, end in enumerate(rng.integers(12, 40, 24)):
+        targets[i, end - rng.integers(1, 6):end] = 1
+    plan = scoring.plan_rows(tokens, targets, batch_size=batch_size)
+    compiled = jax.jit(scoring.exact_match_scorer(config, plan)).lower(params).compile()
+    bound = scoring.working_bytes(config, plan) + 4 * model.num_params(params)
+    assert bound >= compiled.memory_analysis().temp_size_in_bytes
+    if batch_size > 1:
+        smaller = scoring.plan_rows(tokens, targets, batch_size=1)
+        assert scoring.working_bytes(config, plan) > scoring.working_bytes(config, smaller)
+
+
+ROWS_ON_DEVICES = """
+import sys, jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests/llm"); sys.path.insert(0, "tests")
+from test_llm_scoring import CONFIG, data
+from m2n2_jax.llm import generate, scoring
+params, (tokens, targets) = data()
+want_exact, want_likelihood = generate.answer_scores(CONFIG, params, jnp.asarray(tokens), jnp.asarray(targets))
+plan = scoring.plan_rows(tokens, targets, batch_size=4)
+assert jax.device_count() == 3 and any(g.tokens.shape[1] % 3 for g in plan.groups)  # rows padded somewhere
+exact, likelihood = jax.jit(scoring.exact_match_scorer(CONFIG, plan, likelihood=True, devices=jax.devices()))(params)
+np.testing.assert_array_equal(exact, want_exact)
+np.testing.assert_allclose(likelihood, want_likelihood, rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+def test_rows_split_over_devices_give_the_same_scores():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT_DIR
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "PYTHONPATH": ROOT_DIR}
+    done = subprocess.run([sys.executable, "-c", ROWS_ON_DEVICES], cwd=ROOT_DIR, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
