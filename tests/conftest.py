@@ -1,7 +1,24 @@
 import os
+import shutil
+import tempfile
 
-import jax
-import pytest
+# One persistent XLA compilation cache for the whole test session, shared by the pytest-xdist workers
+# and by every process a test starts (they inherit the environment): the many tests and CLI
+# subprocesses that compile the same functions read the executable instead of compiling it again.
+# A cache hit returns the executable a compile would build, so results cannot change. The process that
+# creates the directory (the xdist controller, or a plain pytest run) removes it at the end.
+# M2N2_TESTS_XLA_CACHE=off runs without it (to measure what it saves).
+_CACHE_ENV = "M2N2_TESTS_XLA_CACHE"
+_OWN_CACHE = _CACHE_ENV not in os.environ
+if _OWN_CACHE:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="m2n2-jax-tests-xla-cache-")
+if os.environ[_CACHE_ENV] != "off":
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_ENV]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every compilation, not only slow ones
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"  # every size, no filesystem override
+
+import jax  # noqa: E402  (after the cache settings, which jax reads at import)
+import pytest  # noqa: E402
 
 from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks: skips fail under CI)
 
@@ -10,6 +27,11 @@ from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # no
 # (which may add a device-count flag for its own runs) cannot change the
 # devices the rest of the session sees.
 jax.devices()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
