@@ -1,7 +1,24 @@
 import os
+import shutil
+import tempfile
 
-import jax
-import pytest
+# One persistent XLA compilation cache for the whole test session, shared by the pytest-xdist workers
+# and by every process a test starts (they inherit the environment): the many tests and CLI
+# subprocesses that compile the same functions read the executable instead of compiling it again.
+# A cache hit returns the executable a compile would build, so results cannot change. The process that
+# creates the directory (the xdist controller, or a plain pytest run) removes it at the end.
+# M2N2_TESTS_XLA_CACHE=off runs without it (to measure what it saves).
+_CACHE_ENV = "M2N2_TESTS_XLA_CACHE"
+_OWN_CACHE = _CACHE_ENV not in os.environ
+if _OWN_CACHE:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="m2n2-jax-tests-xla-cache-")
+if os.environ[_CACHE_ENV] != "off":
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_ENV]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # every compilation, not only slow ones
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"  # every size, no filesystem override
+
+import jax  # noqa: E402  (after the cache settings, which jax reads at import)
+import pytest  # noqa: E402
 
 from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks: skips fail under CI)
 
@@ -10,6 +27,35 @@ from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # no
 # (which may add a device-count flag for its own runs) cannot change the
 # devices the rest of the session sees.
 jax.devices()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)
+
+
+# The slowest test files (by pytest --durations), slowest first. The suite runs whole files on two
+# workers (setup.cfg: -n 2 --dist loadfile --no-loadscope-reorder) in collection order, so starting
+# these first keeps one long file from running alone at the end while the other worker idles.
+SLOW_FILES_FIRST = (
+    "tests/test_docs.py",
+    "tests/llm/test_gguf.py",
+    "tests/engine/test_checkpoint.py",
+    "tests/engine/test_multihost.py",
+    "tests/llm/test_llm_merge.py",
+    "tests/llm/test_hf_interop.py",
+    "tests/experiments/smollm2/test_smollm2_evaluate.py",
+    "tests/engine/test_devices.py",
+    "tests/llm/test_finetune.py",
+    "tests/methods/test_merge.py",
+    "tests/test_device_check.py",
+    "tests/tasks/test_compare_pretrained.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: in-file order kept
 
 
 @pytest.fixture(autouse=True)
