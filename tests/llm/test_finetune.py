@@ -68,7 +68,7 @@ def test_length_batches_group_similar_lengths_and_cover_every_example():
 
 def test_loss_goes_down_and_same_seed_gives_same_params():
     batch = encode(TOKENIZER, pairs())
-    s = finetune.FinetuneSettings(steps=30, batch_size=8, learning_rate=1e-2, warmup=2, pad_to=4, seed=3)
+    s = finetune.FinetuneSettings(steps=30, batch_size=8, learning_rate=1e-2, warmup=2, pad_to=16, seed=3)
     base = model.init_params(CONFIG, 0)
     a, losses = finetune.finetune(CONFIG, base, batch, s)
     b, _ = finetune.finetune(CONFIG, base, batch, s)
