@@ -80,8 +80,9 @@ def test_teacher_forced_exact_match_equals_greedy_generation(smol, tmp_path):
     the same with the last character changed, and with the leading space left to the separator."""
     tok, path = smol["tok"], smol["path"]
     prompts = [f"Question: {q}\nAnswer:" for q in
-               ["What is 2+3?", "What is the capital of Italy?", "Who wrote Hamlet?", "What is 3 times 3?"]]
-    prompts += [hf_tokenizer.chat_prompt(path, q) for q in ["Say yes.", "What is 1+1?"]]
+               ["What is 2+3?", "What is the capital of Italy?", "What colour is the sky?", "How many legs has a cat?",
+                "What is 10 minus 4?", "Who wrote Hamlet?", "What is the opposite of up?", "What is 3 times 3?"]]
+    prompts += [hf_tokenizer.chat_prompt(path, q) for q in ["Say yes.", "Say no.", "What is 1+1?", "Name a colour."]]
     own = generate.greedy(smol["config"], smol["params"], [tok.encode_prompt(p) for p in prompts], 16, tok.eos_ids)
     rows = []
     for prompt, out in zip(prompts, own):
